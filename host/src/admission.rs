@@ -1,0 +1,178 @@
+//! AdmissionReview (admission.k8s.io/v1) in and out, with kube-rs's types:
+//! parsing and checking a review, turning its request into the contract's
+//! typed record, and a plugin's verdict into the response the API server
+//! expects.
+
+use kube_core::DynamicObject;
+use kube_core::admission::{self as kube, AdmissionResponse, AdmissionReview};
+use kube_core::response::StatusSummary;
+
+use crate::contract::types::{self, GroupVersionKind, GroupVersionResource, Operation, UserInfo, Verdict};
+use crate::error::PluginError;
+use crate::plugin::Plugin;
+
+/// The only API version Tollgate answers.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// The review kind.
+pub const KIND: &str = "AdmissionReview";
+/// Audit annotation naming the plugin (and version) that decided.
+pub const AUDIT_PLUGIN_KEY: &str = "tollgate-plugin";
+
+/// A review's request, as kube-rs parses it.
+pub type Request = kube::AdmissionRequest<DynamicObject>;
+
+/// Why a body is not a usable AdmissionReview. Each is the client's fault
+/// (HTTP 400), and the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Not JSON, or not shaped like an AdmissionReview.
+    #[error("body is not a valid AdmissionReview: {0}")]
+    Malformed(String),
+    /// Another kind or API version.
+    #[error("expected kind {KIND} apiVersion {API_VERSION}, got kind {kind:?} apiVersion {api_version:?}")]
+    WrongType {
+        /// The kind sent.
+        kind: String,
+        /// The API version sent.
+        api_version: String,
+    },
+    /// No `request` field.
+    #[error("AdmissionReview has no request")]
+    MissingRequest,
+    /// An object that cannot be passed on.
+    #[error("cannot encode {field}: {reason}")]
+    Object {
+        /// `object`, `oldObject` or `options`.
+        field: &'static str,
+        /// The serializer's reason.
+        reason: String,
+    },
+}
+
+/// Parses and checks a review body.
+pub fn parse_review(body: &[u8]) -> Result<Request, ReviewError> {
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+    if review.types.api_version != API_VERSION || review.types.kind != KIND {
+        return Err(ReviewError::WrongType { kind: review.types.kind, api_version: review.types.api_version });
+    }
+    review.try_into().map_err(|_| ReviewError::MissingRequest)
+}
+
+/// The contract's request record for a parsed review request.
+pub fn to_contract(req: &Request) -> Result<types::AdmissionRequest, ReviewError> {
+    let gvk = |k: &kube_core::GroupVersionKind| GroupVersionKind {
+        group: k.group.clone(),
+        version: k.version.clone(),
+        kind: k.kind.clone(),
+    };
+    let gvr = |r: &kube_core::GroupVersionResource| GroupVersionResource {
+        group: r.group.clone(),
+        version: r.version.clone(),
+        resource: r.resource.clone(),
+    };
+    let user = &req.user_info;
+    Ok(types::AdmissionRequest {
+        uid: req.uid.clone(),
+        kind: gvk(&req.kind),
+        resource: gvr(&req.resource),
+        sub_resource: req.sub_resource.clone(),
+        request_kind: req.request_kind.as_ref().map(gvk),
+        request_resource: req.request_resource.as_ref().map(gvr),
+        name: Some(req.name.clone()).filter(|n| !n.is_empty()),
+        namespace: req.namespace.clone(),
+        operation: match req.operation {
+            kube::Operation::Create => Operation::Create,
+            kube::Operation::Update => Operation::Update,
+            kube::Operation::Delete => Operation::Delete,
+            kube::Operation::Connect => Operation::Connect,
+        },
+        user_info: UserInfo {
+            username: user.username.clone().unwrap_or_default(),
+            uid: user.uid.clone().unwrap_or_default(),
+            groups: user.groups.clone().unwrap_or_default(),
+            extra: user.extra.clone().unwrap_or_default().into_iter().collect(),
+        },
+        object: to_json("object", req.object.as_ref())?,
+        old_object: to_json("oldObject", req.old_object.as_ref())?,
+        dry_run: req.dry_run,
+        options: to_json("options", req.options.as_ref().map(|o| &o.0))?,
+    })
+}
+
+/// An object of the request as JSON text for the plugin.
+fn to_json<T: serde::Serialize>(field: &'static str, value: Option<&T>) -> Result<Option<String>, ReviewError> {
+    value
+        .map(|v| serde_json::to_string(v).map_err(|e| ReviewError::Object { field, reason: e.to_string() }))
+        .transpose()
+}
+
+/// The response for a plugin's verdict: same uid, decision, status, warnings,
+/// and an audit annotation naming the plugin and its version.
+pub fn response(req: &Request, plugin: &Plugin, verdict: Verdict) -> Result<AdmissionResponse, PluginError> {
+    let mut response = AdmissionResponse::from(req);
+    response.allowed = verdict.allowed;
+    if !verdict.allowed {
+        response.result.status = Some(StatusSummary::Failure);
+        response.result.code = verdict.code.unwrap_or(403);
+        response.result.message = verdict.message.unwrap_or_else(|| format!("denied by {}", plugin.name()));
+    } else if let Some(message) = verdict.message {
+        response.result.message = message;
+    }
+    if !verdict.warnings.is_empty() {
+        response.warnings = Some(verdict.warnings);
+    }
+    if let Some(patch) = verdict.patch {
+        let bad = |reason: String| PluginError::BadAnswer { plugin: plugin.name().to_string(), reason };
+        let patch: json_patch::Patch =
+            serde_json::from_str(&patch).map_err(|e| bad(format!("patch is not a JSON Patch: {e}")))?;
+        response = response.with_patch(patch).map_err(|e| bad(e.to_string()))?;
+    }
+    response.audit_annotations.insert(AUDIT_PLUGIN_KEY.to_string(), format!("{}@{}", plugin.name(), plugin.version()));
+    Ok(response)
+}
+
+/// Wraps a response in the review the API server reads.
+pub fn into_review(response: AdmissionResponse) -> AdmissionReview<DynamicObject> {
+    response.into_review()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
+        "uid":"705ab4f5-6393-11e8-b7cc-42010a800002",
+        "kind":{"group":"","version":"v1","kind":"Namespace"},
+        "resource":{"group":"","version":"v1","resource":"namespaces"},
+        "name":"kube-system","operation":"DELETE",
+        "userInfo":{"username":"alice","groups":["system:authenticated"],"extra":{"k":["v"]}},
+        "oldObject":{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"kube-system"}},
+        "dryRun":true}}"#;
+
+    #[test]
+    fn a_review_becomes_the_contract_record() {
+        let req = parse_review(REVIEW.as_bytes()).unwrap();
+        let c = to_contract(&req).unwrap();
+        assert_eq!(c.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(c.operation, Operation::Delete);
+        assert_eq!(c.kind.kind, "Namespace");
+        assert_eq!(c.name.as_deref(), Some("kube-system"));
+        assert_eq!(c.user_info.username, "alice");
+        assert_eq!(c.user_info.extra, vec![("k".to_string(), vec!["v".to_string()])]);
+        assert!(c.dry_run);
+        assert!(c.object.is_none());
+        let old: serde_json::Value = serde_json::from_str(c.old_object.as_deref().unwrap()).unwrap();
+        assert_eq!(old["metadata"]["name"], "kube-system");
+    }
+
+    #[test]
+    fn bad_reviews_say_why() {
+        assert!(matches!(parse_review(b""), Err(ReviewError::Malformed(_))));
+        assert!(matches!(parse_review(b"[1]"), Err(ReviewError::Malformed(_))));
+        let v1beta1 = REVIEW.replace("admission.k8s.io/v1", "admission.k8s.io/v1beta1");
+        assert!(matches!(parse_review(v1beta1.as_bytes()), Err(ReviewError::WrongType { .. })));
+        let no_request = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
+        assert!(matches!(parse_review(no_request.as_bytes()), Err(ReviewError::MissingRequest)));
+    }
+}

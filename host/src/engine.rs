@@ -1,0 +1,133 @@
+//! The one wasmtime [`Engine`] a host runs, with the limits every plugin
+//! call lives under: a pooling allocator, a per-instance memory cap, and epoch
+//! interruption ticked by a plain thread so a call can be given a deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::error::EngineError;
+use crate::sandbox::Sandbox;
+
+/// How often the epoch advances; deadlines are accurate to about one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Limits for the engine and for every call into a plugin.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Linear memory one plugin instance may use.
+    pub max_memory_bytes: usize,
+    /// Plugin instances that may be alive at once (size of the pool).
+    pub max_instances: u32,
+    /// Deadline for `metadata` and `configure` at load time.
+    pub load_deadline: Duration,
+    /// Deadline for one request (a later issue derives it per plugin).
+    pub call_deadline: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: 64 << 20,
+            max_instances: 128,
+            load_deadline: Duration::from_secs(1),
+            call_deadline: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The engine, the linker every plugin is instantiated against, and the
+/// thread that ticks the epoch. Cheap to share behind an [`Arc`].
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    options: EngineOptions,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine and linker. Guests get WASI with no capabilities:
+    /// no files, no network, no environment; clocks and randomness only.
+    pub fn new(options: EngineOptions) -> Result<Self, EngineError> {
+        let mut pool = PoolingAllocationConfig::default();
+        let instances = options.max_instances;
+        // A Rust wasip2 component has one memory but a few core instances
+        // and tables (the main module plus shims wit-component adds).
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(4))
+            .total_memories(instances)
+            .total_tables(instances.saturating_mul(4))
+            .max_memory_size(options.max_memory_bytes);
+
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+
+        let _ticker = EpochTicker::start(engine.clone());
+        Ok(Self { engine, linker, options, _ticker })
+    }
+
+    /// The engine, for compiling components.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker, for pre-instantiating components.
+    pub fn linker(&self) -> &Linker<Sandbox> {
+        &self.linker
+    }
+
+    /// The limits this runtime was built with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Converts a deadline into epoch ticks, rounding up, at least one.
+    pub fn deadline_ticks(deadline: Duration) -> u64 {
+        let ticks = deadline.as_micros().div_ceil(EPOCH_TICK.as_micros());
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped. A plain
+/// thread, not a task, so a busy async runtime cannot delay a deadline.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tollgate-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Running one plugin offline on one request, as `tollgate eval` does (like
+//! `kwctl run`): the same code path the servers use, without a server.
+
+use serde::Deserialize;
+
+use crate::admission;
+use crate::contract::Kind;
+use crate::contract::types::{Identity, RequestHead};
+use crate::error::PluginError;
+use crate::plugin::Plugin;
+
+/// Why an evaluation could not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The request file is not a request this plugin can take.
+    #[error("request is not usable: {0}")]
+    Request(String),
+    /// An AdmissionReview that is malformed.
+    #[error(transparent)]
+    Review(#[from] admission::ReviewError),
+    /// The plugin failed.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+}
+
+/// An allowlist check request: the request head and the identity already
+/// established (`{"request": {...}, "identity": {"email": "..."}}`).
+#[derive(Debug, Deserialize)]
+pub struct CheckRequest {
+    /// The HTTP request head.
+    pub request: RequestHead,
+    /// Who the gateway established the caller is.
+    #[serde(default = "no_identity")]
+    pub identity: Identity,
+}
+
+fn no_identity() -> Identity {
+    Identity { email: None, subject: None }
+}
+
+/// Evaluates `request` (JSON text) with `plugin` and returns the answer as
+/// JSON: an AdmissionReview response for a review, a route decision for a
+/// request head, an allow decision for a check request.
+pub fn eval(plugin: &Plugin, request: &str) -> Result<serde_json::Value, EvalError> {
+    let value: serde_json::Value =
+        serde_json::from_str(request).map_err(|e| EvalError::Request(format!("not JSON: {e}")))?;
+    if value.get("kind").and_then(|k| k.as_str()) == Some(admission::KIND) {
+        let req = admission::parse_review(request.as_bytes())?;
+        let verdict = plugin.validate(&admission::to_contract(&req)?)?;
+        let review = admission::into_review(admission::response(&req, plugin, verdict)?);
+        return to_json(&review);
+    }
+    match plugin.kind() {
+        Kind::Route => {
+            let head: RequestHead = serde_json::from_value(value)
+                .map_err(|e| EvalError::Request(format!("not a route request head: {e}")))?;
+            to_json(&plugin.route(&head)?)
+        }
+        Kind::Allowlist => {
+            let check: CheckRequest = serde_json::from_value(value).map_err(|e| {
+                EvalError::Request(format!("not an allowlist check {{\"request\": ..., \"identity\": ...}}: {e}"))
+            })?;
+            to_json(&plugin.check_request(&check.request, &check.identity)?)
+        }
+        Kind::Admission => Err(EvalError::Request(format!(
+            "an admission plugin takes an AdmissionReview (kind {}, apiVersion {})",
+            admission::KIND,
+            admission::API_VERSION
+        ))),
+    }
+}
+
+fn to_json<T: serde::Serialize>(answer: &T) -> Result<serde_json::Value, EvalError> {
+    serde_json::to_value(answer).map_err(|e| EvalError::Request(format!("answer cannot be shown as JSON: {e}")))
+}

@@ -1,0 +1,22 @@
+//! Tollgate: a WebAssembly policy host for Kubernetes admission and
+//! API-gateway traffic.
+//!
+//! Plugins are WebAssembly components built against the contract in `wit/`
+//! ([`contract`]). The [`engine`] holds the one wasmtime engine and its
+//! limits; the [`loader`] checks and compiles plugin files into a
+//! [`registry`]; each request runs in a fresh [`sandbox`]; [`admission`]
+//! speaks the API server's AdmissionReview.
+
+pub mod admission;
+pub mod bundled;
+pub mod contract;
+pub mod engine;
+pub mod error;
+pub mod eval;
+pub mod loader;
+pub mod metadata;
+pub mod plugin;
+pub mod registry;
+pub mod sandbox;
+pub mod summary;
+pub mod validation;

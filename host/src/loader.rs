@@ -1,0 +1,285 @@
+//! Loading plugins: a file, bytes, or a whole directory. Each file is checked
+//! step by step (is it a component, which world and contract version, does it
+//! link, is its metadata valid, does it accept its settings) and refused with
+//! the file name and the first reason that applies. Loading is blocking CPU
+//! work (compilation): call it from a blocking thread, not the async runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use crate::contract::{self, Kind, admission, allowlist, route};
+use crate::engine::Runtime;
+use crate::error::{DirError, LoadError, Refusal};
+use crate::metadata::PluginMetadata;
+use crate::plugin::{Exports, Plugin};
+use crate::registry::LoadReport;
+use crate::sandbox;
+use crate::validation;
+
+/// Extension of plugin files.
+pub const PLUGIN_EXTENSION: &str = "wasm";
+
+/// Settings files beside `<stem>.wasm`, in the order they are looked for.
+const SETTINGS_SUFFIXES: [&str; 3] = [".settings.json", ".settings.yaml", ".settings.yml"];
+
+/// Settings handed to a plugin's `configure`, always as JSON text.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// JSON text.
+    pub json: String,
+    /// Where it came from, if from a file.
+    pub file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// What a plugin gets when it has no settings file.
+    pub fn none() -> Self {
+        Self { json: "{}".into(), file: None }
+    }
+
+    /// Reads a JSON or YAML settings file; YAML is converted to JSON so
+    /// plugins parse one format.
+    pub fn from_file(file: &Path) -> Result<Self, Refusal> {
+        let refuse = |reason: String| Refusal::SettingsFile { file: file.to_path_buf(), reason };
+        let text = std::fs::read_to_string(file).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+        Self::from_text(&text, file).map_err(refuse)
+    }
+
+    /// Parses settings text; `file` decides JSON or YAML by its extension.
+    pub fn from_text(text: &str, file: &Path) -> Result<Self, String> {
+        let is_yaml = file.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        let value: serde_json::Value = if is_yaml {
+            serde_yaml::from_str(text).map_err(|e| format!("is not valid YAML: {e}"))?
+        } else {
+            serde_json::from_str(text).map_err(|e| format!("is not valid JSON: {e}"))?
+        };
+        Ok(Self { json: value.to_string(), file: Some(file.to_path_buf()) })
+    }
+
+    /// The settings file beside a plugin file, if there is exactly one.
+    pub fn beside(wasm: &Path) -> Result<Option<Self>, Refusal> {
+        let Some(stem) = wasm.file_stem().and_then(|s| s.to_str()) else { return Ok(None) };
+        let found: Vec<PathBuf> = SETTINGS_SUFFIXES
+            .iter()
+            .map(|suffix| wasm.with_file_name(format!("{stem}{suffix}")))
+            .filter(|p| p.is_file())
+            .collect();
+        match found.as_slice() {
+            [] => Ok(None),
+            [one] => Self::from_file(one).map(Some),
+            [first, ..] => Err(Refusal::SettingsFile {
+                file: first.clone(),
+                reason: format!(
+                    "several settings files for one plugin ({}); keep one",
+                    found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        }
+    }
+}
+
+/// Loads plugins into a runtime.
+#[derive(Clone)]
+pub struct Loader {
+    runtime: Arc<Runtime>,
+}
+
+impl Loader {
+    /// A loader for `runtime`.
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+
+    /// The runtime plugins are loaded into.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Loads one plugin file and the settings file beside it.
+    pub fn load_file(&self, wasm: &Path) -> Result<Plugin, LoadError> {
+        let fail = |reason| LoadError { file: wasm.to_path_buf(), reason };
+        let bytes = std::fs::read(wasm).map_err(|e| fail(Refusal::Read(e)))?;
+        let settings = Settings::beside(wasm).map_err(fail)?.unwrap_or_else(Settings::none);
+        self.load_bytes(wasm, &bytes, settings)
+    }
+
+    /// Loads a plugin from bytes; `origin` names it in logs and errors.
+    pub fn load_bytes(&self, origin: &Path, bytes: &[u8], settings: Settings) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
+        let plugin =
+            self.check(origin, bytes, settings).map_err(|reason| LoadError { file: origin.to_path_buf(), reason })?;
+        tracing::info!(
+            plugin = plugin.name(),
+            version = plugin.version(),
+            kind = %plugin.kind(),
+            file = %origin.display(),
+            hash = &plugin.hash()[..12],
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plugin loaded"
+        );
+        Ok(plugin)
+    }
+
+    /// Loads every `*.wasm` file of a directory, in name order. Files that
+    /// fail are reported in [`LoadReport::refused`]; the rest serve.
+    pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, DirError> {
+        let mut report = LoadReport::default();
+        for file in plugin_files(dir)? {
+            match self.load_file(&file).and_then(|p| report.registry.insert(p)) {
+                Ok(_) => {}
+                Err(refused) => {
+                    tracing::warn!(file = %refused.file.display(), reason = %refused.reason, "plugin refused");
+                    report.refused.push(refused);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn check(&self, origin: &Path, bytes: &[u8], settings: Settings) -> Result<Plugin, Refusal> {
+        sniff(bytes)?;
+        let engine = self.runtime.engine();
+        let component = Component::new(engine, bytes).map_err(|e| Refusal::Compile(format!("{e:#}")))?;
+        let (kind, contract_version) = world_of(&component, engine)?;
+        let link = |e: wasmtime::Error| Refusal::Link { kind, reason: format!("{e:#}") };
+        let pre = self.runtime.linker().instantiate_pre(&component).map_err(link)?;
+        let exports = match kind {
+            Kind::Admission => Exports::Admission(admission::GuestIndices::new(&pre).map_err(link)?),
+            Kind::Route => Exports::Route(route::GuestIndices::new(&pre).map_err(link)?),
+            Kind::Allowlist => Exports::Allowlist(allowlist::GuestIndices::new(&pre).map_err(link)?),
+        };
+        let label = origin.display().to_string();
+        let deadline = self.runtime.options().load_deadline;
+
+        let metadata = sandbox::call(&self.runtime, &label, &pre, deadline, |store, instance| {
+            Ok(match &exports {
+                Exports::Admission(i) => {
+                    PluginMetadata::Admission(i.load(&mut *store, instance)?.call_metadata(&mut *store)?)
+                }
+                Exports::Route(i) => PluginMetadata::Route(i.load(&mut *store, instance)?.call_metadata(&mut *store)?),
+                Exports::Allowlist(i) => {
+                    PluginMetadata::Allowlist(i.load(&mut *store, instance)?.call_metadata(&mut *store)?)
+                }
+            })
+        })
+        .map_err(Refusal::Metadata)?;
+        let problems = validation::problems(&metadata);
+        if !problems.is_empty() {
+            return Err(Refusal::InvalidMetadata(problems));
+        }
+
+        let configured = sandbox::call(&self.runtime, &metadata.info().name, &pre, deadline, |store, instance| {
+            Ok(match &exports {
+                Exports::Admission(i) => i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?,
+                Exports::Route(i) => i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?,
+                Exports::Allowlist(i) => i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?,
+            })
+        })
+        .map_err(Refusal::Configure)?;
+        configured.map_err(Refusal::Settings)?;
+
+        Ok(Plugin {
+            origin: origin.to_path_buf(),
+            hash: hex::encode(Sha256::digest(bytes)),
+            contract_version,
+            metadata,
+            settings: settings.json,
+            settings_file: settings.file,
+            exports,
+            pre,
+            runtime: self.runtime.clone(),
+        })
+    }
+}
+
+/// Plugin files of a directory, sorted. Hidden files are skipped: copy tools
+/// and editors write them while a file is being replaced.
+pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
+    let fail = |source| DirError { dir: dir.to_path_buf(), source };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(fail)? {
+        let path = entry.map_err(fail)?.path();
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+        if !hidden && path.extension().is_some_and(|e| e == PLUGIN_EXTENSION) && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Tells a component from a core module from anything else by the header,
+/// so the operator gets the precise reason.
+fn sniff(bytes: &[u8]) -> Result<(), Refusal> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
+    if !bytes.starts_with(MAGIC) {
+        return Err(Refusal::NotWasm);
+    }
+    if bytes.get(4..8) == Some(&CORE_VERSION[..]) {
+        return Err(Refusal::CoreModule);
+    }
+    Ok(())
+}
+
+/// Which kind a component is, from the Tollgate interface it exports, and
+/// which contract version it was built against.
+fn world_of(component: &Component, engine: &wasmtime::Engine) -> Result<(Kind, String), Refusal> {
+    let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
+    let mut found = Vec::new();
+    let mut unsupported = None;
+    for name in &exports {
+        let Some((interface, version)) = contract::parse_export(name) else { continue };
+        let Some(kind) = Kind::ALL.into_iter().find(|k| k.interface() == interface) else { continue };
+        match version {
+            Some(v) if contract::SUPPORTED_VERSIONS.contains(&v) => found.push((kind, v.to_string())),
+            other => unsupported = Some(other.unwrap_or("an unversioned package").to_string()),
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(match unsupported {
+            Some(built) => Refusal::UnsupportedVersion {
+                built: format!("{}@{built}", contract::PACKAGE),
+                supported: contract::SUPPORTED_VERSIONS
+                    .iter()
+                    .map(|v| format!("{}@{v}", contract::PACKAGE))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+            None => Refusal::NotAPlugin {
+                expected: Kind::ALL
+                    .iter()
+                    .map(|k| k.export_name(contract::SUPPORTED_VERSIONS[0]))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                found: exports.join(", "),
+            },
+        }),
+        _ => Err(Refusal::SeveralKinds(found.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>().join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniff_tells_the_file_kinds_apart() {
+        assert!(matches!(sniff(b"hello"), Err(Refusal::NotWasm)));
+        assert!(matches!(sniff(b"\0asm\x01\0\0\0"), Err(Refusal::CoreModule)));
+        assert!(sniff(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn yaml_settings_become_json() {
+        let s = Settings::from_text("emails:\n  - a@b.c\n", Path::new("x.settings.yaml")).unwrap();
+        assert_eq!(s.json, r#"{"emails":["a@b.c"]}"#);
+        let err = Settings::from_text("{not json", Path::new("x.settings.json")).unwrap_err();
+        assert!(err.contains("not valid JSON"), "{err}");
+    }
+}

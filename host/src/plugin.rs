@@ -1,0 +1,164 @@
+//! A loaded plugin: its compiled template, metadata and settings, and the
+//! typed calls the servers make into it. Every call runs on a fresh instance
+//! (see [`crate::sandbox`]) that is configured, asked once, and dropped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
+
+use crate::contract::types::{AdmissionRequest, AllowDecision, Identity, RequestHead, RouteDecision, Verdict};
+use crate::contract::{Kind, admission, allowlist, route};
+use crate::engine::Runtime;
+use crate::error::{CallError, PluginError};
+use crate::metadata::PluginMetadata;
+use crate::sandbox::{self, Sandbox};
+
+/// Where a kind's functions live in the component, resolved once at load.
+pub(crate) enum Exports {
+    Admission(admission::GuestIndices),
+    Route(route::GuestIndices),
+    Allowlist(allowlist::GuestIndices),
+}
+
+/// A plugin that passed every load check and can serve.
+pub struct Plugin {
+    pub(crate) origin: PathBuf,
+    pub(crate) hash: String,
+    pub(crate) contract_version: String,
+    pub(crate) metadata: PluginMetadata,
+    pub(crate) settings: String,
+    pub(crate) settings_file: Option<PathBuf>,
+    pub(crate) exports: Exports,
+    pub(crate) pre: InstancePre<Sandbox>,
+    pub(crate) runtime: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name())
+            .field("kind", &self.kind())
+            .field("origin", &self.origin)
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// The plugin's declared name.
+    pub fn name(&self) -> &str {
+        &self.metadata.info().name
+    }
+
+    /// The plugin's declared version.
+    pub fn version(&self) -> &str {
+        &self.metadata.info().version
+    }
+
+    /// Admission, route or allowlist.
+    pub fn kind(&self) -> Kind {
+        self.metadata.kind()
+    }
+
+    /// Everything the plugin declared.
+    pub fn metadata(&self) -> &PluginMetadata {
+        &self.metadata
+    }
+
+    /// The file it was loaded from (`bundled:<file>` for built-in plugins).
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// SHA-256 of the component, hex.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The contract version it was built against.
+    pub fn contract_version(&self) -> &str {
+        &self.contract_version
+    }
+
+    /// The settings file it was configured from, if any.
+    pub fn settings_file(&self) -> Option<&Path> {
+        self.settings_file.as_deref()
+    }
+
+    /// Decides an admission request (admission plugins, and allowlists that
+    /// declare a webhook).
+    pub fn validate(&self, request: &AdmissionRequest) -> Result<Verdict, PluginError> {
+        let verdict = match &self.exports {
+            Exports::Admission(indices) => self.invoke(|store, instance| {
+                let guest = indices.load(&mut *store, instance)?;
+                Ok(match guest.call_configure(&mut *store, &self.settings)? {
+                    Ok(()) => Ok(guest.call_validate(&mut *store, request)?),
+                    Err(message) => Err(message),
+                })
+            }),
+            Exports::Allowlist(indices) if self.metadata.webhook().is_some() => self.invoke(|store, instance| {
+                let guest = indices.load(&mut *store, instance)?;
+                Ok(match guest.call_configure(&mut *store, &self.settings)? {
+                    Ok(()) => Ok(guest.call_check_admission(&mut *store, request)?),
+                    Err(message) => Err(message),
+                })
+            }),
+            _ => Err(self.wrong_kind(Kind::Admission)),
+        }?;
+        if verdict.patch.is_some() && !self.metadata.webhook().is_some_and(|w| w.mutating) {
+            return Err(PluginError::BadAnswer {
+                plugin: self.name().to_string(),
+                reason: "returned a patch but does not declare itself mutating".into(),
+            });
+        }
+        Ok(verdict)
+    }
+
+    /// Decides where a gateway request goes (route plugins).
+    pub fn route(&self, request: &RequestHead) -> Result<RouteDecision, PluginError> {
+        let Exports::Route(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Route)) };
+        self.invoke(|store, instance| {
+            let guest = indices.load(&mut *store, instance)?;
+            Ok(match guest.call_configure(&mut *store, &self.settings)? {
+                Ok(()) => Ok(guest.call_route(&mut *store, request)?),
+                Err(message) => Err(message),
+            })
+        })
+    }
+
+    /// Checks a gateway request against the list (allowlist plugins).
+    pub fn check_request(&self, request: &RequestHead, identity: &Identity) -> Result<AllowDecision, PluginError> {
+        let Exports::Allowlist(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Allowlist)) };
+        self.invoke(|store, instance| {
+            let guest = indices.load(&mut *store, instance)?;
+            Ok(match guest.call_configure(&mut *store, &self.settings)? {
+                Ok(()) => Ok(guest.call_check_request(&mut *store, request, identity)?),
+                Err(message) => Err(message),
+            })
+        })
+    }
+
+    /// Runs `f` on a fresh instance. `f` returns `Err(message)` when the
+    /// plugin's `configure` refused its settings.
+    fn invoke<R>(
+        &self,
+        f: impl FnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, PluginError> {
+        let deadline = self.runtime.options().call_deadline;
+        match sandbox::call(&self.runtime, self.name(), &self.pre, deadline, f) {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(message)) => Err(PluginError::Configure { plugin: self.name().to_string(), message }),
+            Err(source) => Err(self.call_error(source)),
+        }
+    }
+
+    fn call_error(&self, source: CallError) -> PluginError {
+        PluginError::Call { plugin: self.name().to_string(), source }
+    }
+
+    fn wrong_kind(&self, expected: Kind) -> PluginError {
+        PluginError::WrongKind { plugin: self.name().to_string(), expected, actual: self.kind() }
+    }
+}

@@ -1,0 +1,77 @@
+//! The set of plugins a host serves, looked up by name or admission path.
+//! Names and admission paths are unique: a second plugin claiming either is
+//! refused, naming both files.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::contract::Kind;
+use crate::error::{LoadError, Refusal};
+use crate::plugin::Plugin;
+
+/// Loaded plugins by name.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    plugins: BTreeMap<String, Arc<Plugin>>,
+}
+
+impl Registry {
+    /// Adds a plugin, or refuses it when its name or admission path is taken.
+    pub fn insert(&mut self, plugin: Plugin) -> Result<Arc<Plugin>, LoadError> {
+        let refuse = |what, value: &str, other: &Plugin| LoadError {
+            file: plugin.origin().to_path_buf(),
+            reason: Refusal::Duplicate { what, value: value.to_string(), other: other.origin().to_path_buf() },
+        };
+        if let Some(other) = self.plugins.get(plugin.name()) {
+            return Err(refuse("name", plugin.name(), other));
+        }
+        if let Some(path) = plugin.metadata().admission_path()
+            && let Some(other) = self.by_admission_path(&path)
+        {
+            return Err(refuse("path", &path, other));
+        }
+        let plugin = Arc::new(plugin);
+        self.plugins.insert(plugin.name().to_string(), plugin.clone());
+        Ok(plugin)
+    }
+
+    /// The plugin with this name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.get(name)
+    }
+
+    /// The plugin answering admission requests on this path.
+    pub fn by_admission_path(&self, path: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.values().find(|p| p.metadata().admission_path().as_deref() == Some(path))
+    }
+
+    /// Every plugin, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.values()
+    }
+
+    /// Plugins of one kind, by name.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.values().filter(move |p| p.kind() == kind)
+    }
+
+    /// How many plugins are loaded.
+    pub fn len(&self) -> usize {
+        self.plugins.len()
+    }
+
+    /// True when no plugin is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+}
+
+/// The outcome of loading a set of plugin files: what serves, and what was
+/// refused and why.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// The plugins that loaded.
+    pub registry: Registry,
+    /// The files that were refused.
+    pub refused: Vec<LoadError>,
+}

@@ -1,0 +1,162 @@
+//! One call into a plugin: a fresh [`Store`] and instance from the plugin's
+//! pre-instantiated template, under a deadline and a memory cap, with its
+//! stdout/stderr sent to the log under the plugin's name. Nothing survives the
+//! call, so no state is shared between requests.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Instance, InstancePre, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::engine::Runtime;
+use crate::error::CallError;
+
+/// Bytes of stdout/stderr kept per call; more is cut.
+const OUTPUT_CAPACITY: usize = 64 << 10;
+
+/// The host state of one plugin call.
+pub struct Sandbox {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: MemoryCap,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl Sandbox {
+    fn new(max_memory_bytes: usize) -> Self {
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        // No preopens, no environment, no arguments, no sockets: the
+        // defaults plus sockets switched off explicitly.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self { wasi, table: ResourceTable::new(), limits: MemoryCap { max: max_memory_bytes }, stdout, stderr }
+    }
+}
+
+/// Refuses memory growth past the cap with an error the host recognises, so
+/// the operator is told "memory cap" rather than a bare trap.
+struct MemoryCap {
+    max: usize,
+}
+
+/// Raised inside a call when a plugin asks for more memory than its cap.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin tried to grow its memory to {desired} bytes, above its cap of {max} bytes")]
+pub struct MemoryCapExceeded {
+    desired: usize,
+    max: usize,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            return Err(MemoryCapExceeded { desired, max: self.max }.into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+}
+
+/// Runs `f` on a fresh instance of `pre` under `deadline`. `plugin` names the
+/// plugin in logs and errors.
+pub fn call<R>(
+    runtime: &Runtime,
+    plugin: &str,
+    pre: &InstancePre<Sandbox>,
+    deadline: Duration,
+    f: impl FnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<R>,
+) -> Result<R, CallError> {
+    let max_memory = runtime.options().max_memory_bytes;
+    let mut store = Store::new(runtime.engine(), Sandbox::new(max_memory));
+    store.limiter(|sandbox| &mut sandbox.limits);
+    store.set_epoch_deadline(Runtime::deadline_ticks(deadline));
+    store.epoch_deadline_trap();
+
+    let started = Instant::now();
+    let result = match pre.instantiate(&mut store) {
+        Ok(instance) => f(&mut store, &instance).map_err(|e| classify(e, deadline, max_memory, &store)),
+        Err(e) => Err(match e.downcast_ref::<MemoryCapExceeded>() {
+            Some(_) => CallError::MemoryCap { cap_mib: max_memory >> 20 },
+            None => CallError::Instantiate(format!("{e:#}")),
+        }),
+    };
+    forward_output(plugin, &store);
+    tracing::trace!(plugin, elapsed_us = started.elapsed().as_micros() as u64, "plugin call");
+    result
+}
+
+fn classify(error: wasmtime::Error, deadline: Duration, max_memory: usize, store: &Store<Sandbox>) -> CallError {
+    if error.downcast_ref::<MemoryCapExceeded>().is_some() {
+        return CallError::MemoryCap { cap_mib: max_memory >> 20 };
+    }
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return CallError::Deadline(deadline);
+    }
+    let trap = error.root_cause().to_string();
+    // A Rust guest's panic message goes to stderr just before the trap: it
+    // is the most useful thing to show the operator.
+    let stderr = store.data().stderr.contents();
+    CallError::Trap { trap, guest_said: panic_message(&String::from_utf8_lossy(&stderr)) }
+}
+
+/// The guest's last words on stderr, without Rust's backtrace hint, on one
+/// line and at most [`GUEST_SAID_MAX`] characters.
+fn panic_message(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    // A Rust panic is "thread '..' panicked at FILE:LINE:COL:" then the message.
+    let start = lines.iter().rposition(|l| l.contains("panicked at")).unwrap_or(lines.len().saturating_sub(1));
+    let said = lines.get(start..)?.join(" ");
+    (!said.is_empty()).then(|| said.chars().take(GUEST_SAID_MAX).collect())
+}
+
+/// Longest guest message quoted in an error.
+const GUEST_SAID_MAX: usize = 400;
+
+/// Sends what the guest printed to the log, a line an event, under its name.
+fn forward_output(plugin: &str, store: &Store<Sandbox>) {
+    let data = store.data();
+    for (stream, pipe) in [("stdout", &data.stdout), ("stderr", &data.stderr)] {
+        let bytes = pipe.contents();
+        if bytes.is_empty() {
+            continue;
+        }
+        for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.is_empty()) {
+            tracing::info!(plugin, stream, "{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn panic_messages_are_found() {
+        let stderr = "thread '<unnamed>' panicked at src/lib.rs:12:9:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(panic_message(stderr).as_deref(), Some("thread '<unnamed>' panicked at src/lib.rs:12:9: boom"));
+        assert_eq!(panic_message("just a line\n").as_deref(), Some("just a line"));
+        assert_eq!(panic_message(""), None);
+    }
+}

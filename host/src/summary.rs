@@ -1,0 +1,185 @@
+//! What the host says about a plugin to people and tools (`tollgate
+//! inspect`, and later the status endpoint): one serialisable record, and a
+//! text rendering.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::contract::types::{FailurePolicy, Operation, Rule, Scope, SubjectKind, Webhook};
+use crate::metadata::PluginMetadata;
+use crate::plugin::Plugin;
+use crate::registry::LoadReport;
+
+/// One loaded plugin.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginSummary<'a> {
+    /// Declared name.
+    pub name: &'a str,
+    /// Declared version.
+    pub version: &'a str,
+    /// File it came from.
+    pub file: String,
+    /// SHA-256 of the component.
+    pub sha256: &'a str,
+    /// Contract version it was built against.
+    pub contract: String,
+    /// Settings file, if any.
+    pub settings_file: Option<String>,
+    /// Admission path, if it answers admission requests.
+    pub admission_path: Option<String>,
+    /// Everything it declared.
+    pub metadata: &'a PluginMetadata,
+}
+
+impl<'a> From<&'a Plugin> for PluginSummary<'a> {
+    fn from(p: &'a Plugin) -> Self {
+        Self {
+            name: p.name(),
+            version: p.version(),
+            file: p.origin().display().to_string(),
+            sha256: p.hash(),
+            contract: format!("{}@{}", crate::contract::PACKAGE, p.contract_version()),
+            settings_file: p.settings_file().map(|f| f.display().to_string()),
+            admission_path: p.metadata().admission_path(),
+            metadata: p.metadata(),
+        }
+    }
+}
+
+/// A refused file.
+#[derive(Debug, Serialize)]
+pub struct RefusalSummary {
+    /// The file.
+    pub file: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A whole load: plugins and refusals.
+#[derive(Debug, Serialize)]
+pub struct ReportSummary<'a> {
+    /// Loaded plugins, by name.
+    pub plugins: Vec<PluginSummary<'a>>,
+    /// Refused files.
+    pub refused: Vec<RefusalSummary>,
+}
+
+impl<'a> From<&'a LoadReport> for ReportSummary<'a> {
+    fn from(report: &'a LoadReport) -> Self {
+        Self {
+            plugins: report.registry.iter().map(|p| PluginSummary::from(p.as_ref())).collect(),
+            refused: report
+                .refused
+                .iter()
+                .map(|r| RefusalSummary { file: r.file.display().to_string(), reason: r.reason.to_string() })
+                .collect(),
+        }
+    }
+}
+
+/// Human-readable text for a load report.
+pub fn render_text(report: &LoadReport) -> String {
+    let mut out = String::new();
+    for plugin in report.registry.iter() {
+        let info = plugin.metadata().info();
+        let _ = writeln!(out, "{} {} ({})", info.name, info.version, plugin.kind());
+        let _ = writeln!(out, "  {}", info.summary);
+        let _ = writeln!(out, "  file: {}", plugin.origin().display());
+        let _ = writeln!(out, "  sha256: {}", plugin.hash());
+        if let Some(settings) = plugin.settings_file() {
+            let _ = writeln!(out, "  settings: {}", settings.display());
+        }
+        match plugin.metadata() {
+            PluginMetadata::Route(m) => {
+                for r in &m.matches {
+                    let hosts = if r.hosts.is_empty() { "*".to_string() } else { r.hosts.join(",") };
+                    let methods = if r.methods.is_empty() { "*".to_string() } else { r.methods.join(",") };
+                    let _ = writeln!(
+                        out,
+                        "  route: {methods} host={hosts} path={}* priority={}",
+                        r.path_prefix, r.priority
+                    );
+                }
+            }
+            PluginMetadata::Allowlist(m) => {
+                let routes = if m.routes.is_empty() { "every route".to_string() } else { m.routes.join(", ") };
+                let _ = writeln!(out, "  checks: {} on {routes}", subject_name(m.subject));
+            }
+            PluginMetadata::Admission(_) => {}
+        }
+        if let (Some(webhook), Some(path)) = (plugin.metadata().webhook(), plugin.metadata().admission_path()) {
+            render_webhook(&mut out, webhook, &path);
+        }
+    }
+    for refused in &report.refused {
+        let _ = writeln!(out, "REFUSED {}: {}", refused.file.display(), refused.reason);
+    }
+    out
+}
+
+fn render_webhook(out: &mut String, webhook: &Webhook, path: &str) {
+    let _ = writeln!(
+        out,
+        "  admission: {path} failurePolicy={} timeout={}s{}",
+        failure_policy_name(webhook.failure_policy),
+        webhook.timeout_seconds,
+        if webhook.mutating { " mutating" } else { "" }
+    );
+    for rule in &webhook.rules {
+        let _ = writeln!(out, "  rule: {}", render_rule(rule));
+    }
+}
+
+/// A rule as the API server spells its fields.
+pub fn render_rule(rule: &Rule) -> String {
+    let ops: Vec<&str> = rule.operations.iter().map(|o| operation_name(*o)).collect();
+    let groups: Vec<String> =
+        rule.api_groups.iter().map(|g| if g.is_empty() { "\"\"".to_string() } else { g.clone() }).collect();
+    format!(
+        "{} groups={} versions={} resources={} scope={}",
+        ops.join(","),
+        groups.join(","),
+        rule.api_versions.join(","),
+        rule.resources.join(","),
+        scope_name(rule.scope)
+    )
+}
+
+/// The API server's spelling of an operation.
+pub fn operation_name(op: Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+        Operation::All => "*",
+    }
+}
+
+/// The API server's spelling of a scope.
+pub fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Cluster => "Cluster",
+        Scope::Namespaced => "Namespaced",
+        Scope::All => "*",
+    }
+}
+
+/// The API server's spelling of a failure policy.
+pub fn failure_policy_name(policy: FailurePolicy) -> &'static str {
+    match policy {
+        FailurePolicy::Fail => "Fail",
+        FailurePolicy::Ignore => "Ignore",
+    }
+}
+
+/// What an allowlist checks, in words.
+pub fn subject_name(subject: SubjectKind) -> &'static str {
+    match subject {
+        SubjectKind::Email => "e-mail",
+        SubjectKind::ClientAddress => "client address",
+        SubjectKind::Name => "name",
+    }
+}
