@@ -1,6 +1,7 @@
 //! The `tollgate` command: serve plugins, inspect plugin files, evaluate a
 //! plugin offline. Errors become `anyhow` here, at the edge, and nowhere else.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -98,6 +99,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // Colour only for people: piped logs go to files and collectors.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,

@@ -1,0 +1,216 @@
+//! The `tollgate` binary run as a user runs it: `inspect`, `eval` and
+//! `serve`, on real compiled plugins.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn data(name: &str) -> String {
+    format!("{}/../tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tollgate(args: &[&str]) -> Output {
+    Command::new(TOLLGATE).args(args).env("RUST_LOG", "info").output().expect("run tollgate")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn copy(dir: &Path, name: &str, guest: &str) {
+    std::fs::copy(guest, dir.join(name)).expect("copy guest");
+}
+
+#[test]
+fn inspect_a_directory_lists_plugins_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    copy(dir.path(), "namespace-guard.wasm", guests::NAMESPACE_GUARD);
+    copy(dir.path(), "jwt-org-router.wasm", guests::JWT_ORG_ROUTER);
+    std::fs::write(dir.path().join("broken.wasm"), "not wasm").unwrap();
+
+    let out = tollgate(&["inspect", dir.path().to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "refusals make inspect fail: {stdout}");
+    assert!(stdout.contains("namespace-guard 0.1.0 (admission)"), "{stdout}");
+    assert!(stdout.contains("admission: /validate/namespace-guard failurePolicy=Ignore timeout=2s"), "{stdout}");
+    assert!(stdout.contains("rule: CREATE,UPDATE,DELETE groups=\"\" versions=v1 resources=namespaces scope=Cluster"));
+    assert!(stdout.contains("jwt-org-router 0.1.0 (route)"), "{stdout}");
+    assert!(stdout.contains("broken.wasm: is not a WebAssembly file"), "{stdout}");
+}
+
+#[test]
+fn inspect_json_describes_one_file() {
+    let out = tollgate(&["inspect", guests::EMAIL_ALLOWLIST, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("inspect --json prints JSON");
+    let plugin = &report["plugins"][0];
+    assert_eq!(plugin["name"], "email-allowlist");
+    assert_eq!(plugin["metadata"]["kind"], "allowlist");
+    assert_eq!(plugin["contract"], "tollgate:plugin@0.1.0");
+    assert_eq!(plugin["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(report["refused"], Value::Array(vec![]));
+}
+
+#[test]
+fn eval_answers_an_admission_review_like_the_api_server_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    copy(dir.path(), "guard.wasm", guests::NAMESPACE_GUARD);
+    std::fs::write(dir.path().join("guard.settings.yaml"), "protectedNamespaces: [\"kube-*\"]\n").unwrap();
+    let plugin = dir.path().join("guard.wasm");
+
+    let out = tollgate(&["eval", plugin.to_str().unwrap(), &data("namespace-delete-kube-system.json")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let review: Value = serde_json::from_slice(&out.stdout).expect("eval prints JSON");
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(review["kind"], "AdmissionReview");
+    let response = &review["response"];
+    assert_eq!(response["uid"], "3b6a7e38-3e5c-4a9f-9a53-1c1f0e6c2a11");
+    assert_eq!(response["allowed"], false);
+    assert_eq!(response["status"]["code"], 403);
+    assert!(response["status"]["message"].as_str().unwrap().contains("\"kube-system\" is protected"));
+    assert_eq!(response["auditAnnotations"]["tollgate-plugin"], "namespace-guard@0.1.0");
+
+    // --settings replaces the file beside the plugin: now nothing is protected.
+    let open = dir.path().join("open.json");
+    std::fs::write(&open, r#"{"protectedNamespaces": []}"#).unwrap();
+    let out = tollgate(&[
+        "eval",
+        plugin.to_str().unwrap(),
+        &data("namespace-delete-kube-system.json"),
+        "--settings",
+        open.to_str().unwrap(),
+    ]);
+    let review: Value = serde_json::from_slice(&out.stdout).expect("eval prints JSON");
+    assert_eq!(review["response"]["allowed"], true);
+}
+
+#[test]
+fn eval_runs_route_and_allowlist_plugins() {
+    let out = tollgate(&["eval", guests::JWT_ORG_ROUTER, &data("route-no-token.json")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["Respond"]["status"], 401);
+    assert_eq!(decision["Respond"]["headers"][0]["name"], "www-authenticate");
+
+    let dir = tempfile::tempdir().unwrap();
+    copy(dir.path(), "emails.wasm", guests::EMAIL_ALLOWLIST);
+    let settings = dir.path().join("emails.settings.json");
+    std::fs::write(&settings, r#"{"emails": ["admin@example.com"]}"#).unwrap();
+    let out = tollgate(&["eval", dir.path().join("emails.wasm").to_str().unwrap(), &data("email-check.json")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision, serde_json::json!({"allowed": true, "reason": "email-listed"}));
+
+    std::fs::write(&settings, r#"{"emails": ["someone@example.com"]}"#).unwrap();
+    let out = tollgate(&["eval", dir.path().join("emails.wasm").to_str().unwrap(), &data("email-check.json")]);
+    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["allowed"], false);
+}
+
+#[test]
+fn eval_reports_bad_input_and_bad_plugins_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{ not json").unwrap();
+    let out = tollgate(&["eval", guests::NAMESPACE_GUARD, bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("request is not usable: not JSON"), "{}", text(&out.stderr));
+
+    let out = tollgate(&["eval", guests::NAMESPACE_GUARD, &data("route-no-token.json")]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("an admission plugin takes an AdmissionReview"), "{}", text(&out.stderr));
+
+    let out = tollgate(&["eval", guests::OLD_CONTRACT, &data("route-no-token.json")]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("built against tollgate:plugin@0.0.1"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn plugin_output_goes_to_the_log_under_the_plugin_name() {
+    let dir = tempfile::tempdir().unwrap();
+    copy(dir.path(), "chatty.wasm", guests::MISBEHAVE);
+    std::fs::write(dir.path().join("chatty.settings.json"), r#"{"validate": "print"}"#).unwrap();
+    let out = tollgate(&[
+        "eval",
+        dir.path().join("chatty.wasm").to_str().unwrap(),
+        &data("namespace-delete-kube-system.json"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&out.stderr);
+    let line = log.lines().find(|l| l.contains("hello from stdout")).expect("guest stdout logged");
+    assert!(line.contains("plugin=\"misbehave\"") && line.contains("stream=\"stdout\""), "{line}");
+    assert!(log.lines().any(|l| l.contains("hello from stderr") && l.contains("stream=\"stderr\"")), "{log}");
+    // And it is not mixed into the answer on stdout.
+    assert!(serde_json::from_slice::<Value>(&out.stdout).is_ok());
+}
+
+/// Starts `tollgate serve` and returns it once it logged `marker`, with the
+/// log lines read so far.
+fn serve_until(args: &[&str], marker: &str) -> (Child, Vec<String>) {
+    let mut child = Command::new(TOLLGATE)
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tollgate serve");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        let done = line.contains(marker);
+        lines.push(line);
+        if done {
+            return (child, lines);
+        }
+    }
+    let _ = child.kill();
+    panic!("tollgate serve never logged {marker:?}; log: {lines:#?}");
+}
+
+#[test]
+fn serve_loads_a_directory_and_keeps_running_despite_bad_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    copy(dir.path(), "namespace-guard.wasm", guests::NAMESPACE_GUARD);
+    copy(dir.path(), "panics.wasm", guests::PANIC_IN_METADATA);
+    let (mut child, lines) = serve_until(&["--plugins", dir.path().to_str().unwrap()], "plugins ready");
+    let log = lines.join("\n");
+    assert!(log.contains("serving") && log.contains("plugin=\"namespace-guard\""), "{log}");
+    assert!(log.contains("panics.wasm") && log.contains("metadata is broken on purpose"), "{log}");
+    assert!(log.contains("loaded=1 refused=1"), "{log}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "the host must keep running after refusing a plugin");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn serve_without_a_directory_serves_the_bundled_plugins() {
+    let (mut child, lines) = serve_until(&[], "plugins ready");
+    let log = lines.join("\n");
+    for name in ["namespace-guard", "jwt-org-router", "email-allowlist"] {
+        assert!(log.contains(&format!("plugin=\"{name}\"")), "{name} not served: {log}");
+    }
+    assert!(log.contains("loaded=3 refused=0"), "{log}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
