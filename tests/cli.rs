@@ -184,6 +184,7 @@ fn serve_until(args: &[&str], marker: &str) -> (Child, Vec<String>) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("tollgate serve never logged {marker:?}; log: {lines:#?}");
 }
 
