@@ -32,7 +32,7 @@ fn main() {
     let root = manifest_dir.parent().expect("host/ lives in the workspace root").to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
 
-    for watched in ["plugins", "tests/guests", "wit", "Cargo.lock"] {
+    for watched in ["plugins", "tests/guests", "wit", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 

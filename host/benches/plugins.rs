@@ -21,8 +21,15 @@ mod guests {
 const REVIEW: &str = include_str!("../../tests/data/namespace-update-team-a.json");
 const SETTINGS: &str = include_str!("../../plugins/namespace-guard/namespace-guard.settings.json");
 
+/// `TOLLGATE_BENCH_POOLING=0` runs without the pooling allocator, e.g. under
+/// valgrind, which cannot reserve the pool's address space.
+fn options() -> EngineOptions {
+    let pooling = std::env::var("TOLLGATE_BENCH_POOLING").map_or(true, |v| v != "0");
+    EngineOptions { pooling, ..EngineOptions::default() }
+}
+
 fn compile(c: &mut Criterion) {
-    let runtime = Runtime::new(EngineOptions::default()).expect("engine");
+    let runtime = Runtime::new(options()).expect("engine");
     let mut group = c.benchmark_group("compile");
     group.sample_size(10);
     for (name, path) in [
@@ -39,7 +46,7 @@ fn compile(c: &mut Criterion) {
 }
 
 fn admission_call(c: &mut Criterion) {
-    let loader = Loader::new(Arc::new(Runtime::new(EngineOptions::default()).expect("engine")));
+    let loader = Loader::new(Arc::new(Runtime::new(options()).expect("engine")));
     let bytes = std::fs::read(guests::NAMESPACE_GUARD).expect("guest built");
     let settings = Settings::from_text(SETTINGS, Path::new("namespace-guard.settings.json")).expect("settings");
     let plugin = loader.load_bytes(Path::new("namespace-guard.wasm"), &bytes, settings).expect("loads");

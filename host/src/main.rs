@@ -80,6 +80,10 @@ struct EngineArgs {
     /// Plugin instances alive at once.
     #[arg(long, default_value_t = 128)]
     max_instances: u32,
+    /// Allocate instances on demand instead of from a pre-reserved pool
+    /// (slower; for environments that limit address space).
+    #[arg(long)]
+    no_pooling: bool,
 }
 
 impl EngineArgs {
@@ -90,6 +94,7 @@ impl EngineArgs {
             max_instances: self.max_instances,
             load_deadline: deadline,
             call_deadline: deadline,
+            pooling: !self.no_pooling,
         };
         Ok(Arc::new(Runtime::new(options)?))
     }
