@@ -157,8 +157,12 @@ fn plugin_output_goes_to_the_log_under_the_plugin_name() {
 /// Starts `tollgate serve` and returns it once it logged `marker`, with the
 /// log lines read so far.
 fn serve_until(args: &[&str], marker: &str) -> (Child, Vec<String>) {
+    let ca = std::env::temp_dir().join(format!("tollgate-cli-test-{}-ca.pem", std::process::id()));
     let mut child = Command::new(TOLLGATE)
         .arg("serve")
+        .args(["--admission-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .arg("--ca-out")
+        .arg(ca)
         .args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")

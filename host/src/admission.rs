@@ -7,7 +7,9 @@ use kube_core::DynamicObject;
 use kube_core::admission::{self as kube, AdmissionResponse, AdmissionReview};
 use kube_core::response::StatusSummary;
 
-use crate::contract::types::{self, GroupVersionKind, GroupVersionResource, Operation, UserInfo, Verdict};
+use crate::contract::types::{
+    self, FailurePolicy, GroupVersionKind, GroupVersionResource, Operation, UserInfo, Verdict,
+};
 use crate::error::PluginError;
 use crate::plugin::Plugin;
 
@@ -130,6 +132,28 @@ pub fn response(req: &Request, plugin: &Plugin, verdict: Verdict) -> Result<Admi
     }
     response.audit_annotations.insert(AUDIT_PLUGIN_KEY.to_string(), format!("{}@{}", plugin.name(), plugin.version()));
     Ok(response)
+}
+
+/// The response when a plugin gave no usable verdict, decided by its
+/// failure policy: `Fail` denies with code 500 naming the plugin and the
+/// cause; `Ignore` allows with a warning saying the same.
+pub fn failure_response(req: &Request, plugin: &Plugin, cause: &str) -> AdmissionResponse {
+    let mut response = AdmissionResponse::from(req);
+    let policy = plugin.metadata().webhook().map_or(FailurePolicy::Fail, |w| w.failure_policy);
+    match policy {
+        FailurePolicy::Fail => {
+            response.allowed = false;
+            response.result.status = Some(StatusSummary::Failure);
+            response.result.code = 500;
+            response.result.message = format!("tollgate: {cause}; denied by failurePolicy Fail");
+        }
+        FailurePolicy::Ignore => {
+            response.allowed = true;
+            response.warnings = Some(vec![format!("tollgate: {cause}; allowed by failurePolicy Ignore")]);
+        }
+    }
+    response.audit_annotations.insert(AUDIT_PLUGIN_KEY.to_string(), format!("{}@{}", plugin.name(), plugin.version()));
+    response
 }
 
 /// Wraps a response in the review the API server reads.

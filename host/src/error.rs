@@ -79,6 +79,22 @@ pub enum PluginError {
     },
 }
 
+impl PluginError {
+    /// A short label for metrics: trap, deadline, memory, instantiate,
+    /// settings, bad_answer or internal.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::Call { source: CallError::Trap { .. }, .. } => "trap",
+            Self::Call { source: CallError::Deadline(_), .. } => "deadline",
+            Self::Call { source: CallError::MemoryCap { .. }, .. } => "memory",
+            Self::Call { source: CallError::Instantiate(_), .. } => "instantiate",
+            Self::Configure { .. } => "settings",
+            Self::BadAnswer { .. } => "bad_answer",
+            Self::WrongKind { .. } => "internal",
+        }
+    }
+}
+
 /// Why a plugin file was refused. Shown with the file name; the plugins that
 /// loaded keep serving.
 #[derive(Debug, thiserror::Error)]

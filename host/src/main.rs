@@ -2,6 +2,7 @@
 //! plugin offline. Errors become `anyhow` here, at the edge, and nowhere else.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::loader::{Loader, Settings};
 use tollgate::registry::LoadReport;
-use tollgate::{bundled, eval, summary};
+use tollgate::serve::ServeOptions;
+use tollgate::tls::{CertSource, TlsOptions};
+use tollgate::{eval, summary};
 use tracing_subscriber::EnvFilter;
 
 /// A WebAssembly policy host for Kubernetes admission and API-gateway traffic.
@@ -39,6 +42,29 @@ struct ServeArgs {
     /// Without it, the bundled reference plugins are served.
     #[arg(long, env = "TOLLGATE_PLUGINS")]
     plugins: Option<PathBuf>,
+    /// Address of the admission webhook listener (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    admission_addr: SocketAddr,
+    /// Address of the metrics and probes listener (HTTP).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    metrics_addr: SocketAddr,
+    /// Serving certificate chain (PEM), re-read when it changes. Without
+    /// --tls-cert/--tls-key a self-signed certificate is generated.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of the serving certificate (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Names the generated certificate is valid for.
+    #[arg(long = "tls-san", default_values = ["localhost", "127.0.0.1", "::1"])]
+    tls_sans: Vec<String>,
+    /// Where the generated CA bundle is written (default: <temp dir>/tollgate/ca.pem).
+    #[arg(long)]
+    ca_out: Option<PathBuf>,
+    /// Require client certificates signed by this CA bundle (PEM): only the
+    /// API server may call.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -74,7 +100,8 @@ struct EngineArgs {
     /// Memory cap of one plugin instance, in MiB.
     #[arg(long, default_value_t = 64)]
     max_memory_mib: usize,
-    /// Deadline of one plugin call, in milliseconds.
+    /// Deadline of loading calls and of gateway plugin calls, in
+    /// milliseconds (admission calls get their webhook timeout less a margin).
     #[arg(long, default_value_t = 1000)]
     deadline_ms: u64,
     /// Plugin instances alive at once.
@@ -87,16 +114,19 @@ struct EngineArgs {
 }
 
 impl EngineArgs {
-    fn runtime(&self) -> Result<Arc<Runtime>> {
+    fn options(&self) -> EngineOptions {
         let deadline = Duration::from_millis(self.deadline_ms);
-        let options = EngineOptions {
+        EngineOptions {
             max_memory_bytes: self.max_memory_mib << 20,
             max_instances: self.max_instances,
             load_deadline: deadline,
             call_deadline: deadline,
             pooling: !self.no_pooling,
-        };
-        Ok(Arc::new(Runtime::new(options)?))
+        }
+    }
+
+    fn runtime(&self) -> Result<Arc<Runtime>> {
+        Ok(Arc::new(Runtime::new(self.options())?))
     }
 }
 
@@ -124,30 +154,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn load(loader: &Loader, plugins: Option<&PathBuf>) -> Result<LoadReport> {
-    match plugins {
-        Some(dir) => Ok(loader.load_dir(dir)?),
-        None => Ok(bundled::load(loader)),
-    }
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let cert = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => CertSource::Files { cert, key },
+        _ => CertSource::SelfSigned {
+            names: args.tls_sans,
+            ca_out: args.ca_out.unwrap_or_else(|| std::env::temp_dir().join("tollgate").join("ca.pem")),
+        },
+    };
+    let options = ServeOptions {
+        plugins: args.plugins,
+        engine: args.engine.options(),
+        admission_addr: args.admission_addr,
+        metrics_addr: Some(args.metrics_addr),
+        tls: TlsOptions { cert, client_ca: args.client_ca },
+    };
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    runtime.block_on(tollgate::serve::run(options, stop_signal()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn serve(args: ServeArgs) -> Result<ExitCode> {
-    let loader = Loader::new(args.engine.runtime()?);
-    let report = load(&loader, args.plugins.as_ref())?;
-    for plugin in report.registry.iter() {
-        tracing::info!(
-            plugin = plugin.name(),
-            version = plugin.version(),
-            kind = %plugin.kind(),
-            path = plugin.metadata().admission_path().unwrap_or_default(),
-            "serving"
-        );
+/// Ctrl-C, or SIGTERM as Kubernetes sends when it stops a pod.
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
-    tracing::info!(loaded = report.registry.len(), refused = report.refused.len(), "plugins ready; Ctrl-C stops");
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    runtime.block_on(tokio::signal::ctrl_c()).context("wait for Ctrl-C")?;
-    tracing::info!("stopping");
-    Ok(ExitCode::SUCCESS)
 }
 
 fn inspect(args: InspectArgs) -> Result<ExitCode> {

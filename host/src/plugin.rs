@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre};
@@ -14,6 +15,9 @@ use crate::engine::Runtime;
 use crate::error::{CallError, PluginError};
 use crate::metadata::PluginMetadata;
 use crate::sandbox::{self, Sandbox};
+
+/// The least time kept between a plugin's deadline and its webhook timeout.
+const MIN_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
 /// Where a kind's functions live in the component, resolved once at load.
 pub(crate) enum Exports {
@@ -87,24 +91,46 @@ impl Plugin {
         self.settings_file.as_deref()
     }
 
+    /// How long an admission call may run: the webhook's `timeoutSeconds`
+    /// less a margin (a fifth, at least 100 ms), so the answer (or the
+    /// failure policy's) reaches the API server before it gives up. Other
+    /// calls get the engine's call deadline.
+    pub fn call_deadline(&self) -> Duration {
+        match self.metadata.webhook() {
+            Some(webhook) => {
+                let timeout = Duration::from_secs(webhook.timeout_seconds.into());
+                timeout.saturating_sub((timeout / 5).max(MIN_DEADLINE_MARGIN))
+            }
+            None => self.runtime.options().call_deadline,
+        }
+    }
+
     /// Decides an admission request (admission plugins, and allowlists that
-    /// declare a webhook).
+    /// declare a webhook) within [`Plugin::call_deadline`].
     pub fn validate(&self, request: &AdmissionRequest) -> Result<Verdict, PluginError> {
+        self.validate_within(request, self.call_deadline())
+    }
+
+    /// Decides an admission request within `deadline` (what is left of the
+    /// plugin's deadline after waiting for a free instance).
+    pub fn validate_within(&self, request: &AdmissionRequest, deadline: Duration) -> Result<Verdict, PluginError> {
         let verdict = match &self.exports {
-            Exports::Admission(indices) => self.invoke(|store, instance| {
+            Exports::Admission(indices) => self.invoke(deadline, |store, instance| {
                 let guest = indices.load(&mut *store, instance)?;
                 Ok(match guest.call_configure(&mut *store, &self.settings)? {
                     Ok(()) => Ok(guest.call_validate(&mut *store, request)?),
                     Err(message) => Err(message),
                 })
             }),
-            Exports::Allowlist(indices) if self.metadata.webhook().is_some() => self.invoke(|store, instance| {
-                let guest = indices.load(&mut *store, instance)?;
-                Ok(match guest.call_configure(&mut *store, &self.settings)? {
-                    Ok(()) => Ok(guest.call_check_admission(&mut *store, request)?),
-                    Err(message) => Err(message),
+            Exports::Allowlist(indices) if self.metadata.webhook().is_some() => {
+                self.invoke(deadline, |store, instance| {
+                    let guest = indices.load(&mut *store, instance)?;
+                    Ok(match guest.call_configure(&mut *store, &self.settings)? {
+                        Ok(()) => Ok(guest.call_check_admission(&mut *store, request)?),
+                        Err(message) => Err(message),
+                    })
                 })
-            }),
+            }
             _ => Err(self.wrong_kind(Kind::Admission)),
         }?;
         if verdict.patch.is_some() && !self.metadata.webhook().is_some_and(|w| w.mutating) {
@@ -119,7 +145,7 @@ impl Plugin {
     /// Decides where a gateway request goes (route plugins).
     pub fn route(&self, request: &RequestHead) -> Result<RouteDecision, PluginError> {
         let Exports::Route(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Route)) };
-        self.invoke(|store, instance| {
+        self.invoke(self.call_deadline(), |store, instance| {
             let guest = indices.load(&mut *store, instance)?;
             Ok(match guest.call_configure(&mut *store, &self.settings)? {
                 Ok(()) => Ok(guest.call_route(&mut *store, request)?),
@@ -131,7 +157,7 @@ impl Plugin {
     /// Checks a gateway request against the list (allowlist plugins).
     pub fn check_request(&self, request: &RequestHead, identity: &Identity) -> Result<AllowDecision, PluginError> {
         let Exports::Allowlist(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Allowlist)) };
-        self.invoke(|store, instance| {
+        self.invoke(self.call_deadline(), |store, instance| {
             let guest = indices.load(&mut *store, instance)?;
             Ok(match guest.call_configure(&mut *store, &self.settings)? {
                 Ok(()) => Ok(guest.call_check_request(&mut *store, request, identity)?),
@@ -144,9 +170,9 @@ impl Plugin {
     /// plugin's `configure` refused its settings.
     fn invoke<R>(
         &self,
+        deadline: Duration,
         f: impl FnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, PluginError> {
-        let deadline = self.runtime.options().call_deadline;
         match sandbox::call(&self.runtime, self.name(), &self.pre, deadline, f) {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(message)) => Err(PluginError::Configure { plugin: self.name().to_string(), message }),

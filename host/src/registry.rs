@@ -2,7 +2,7 @@
 //! Names and admission paths are unique: a second plugin claiming either is
 //! refused, naming both files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::contract::Kind;
@@ -13,6 +13,8 @@ use crate::plugin::Plugin;
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     plugins: BTreeMap<String, Arc<Plugin>>,
+    /// Admission path to plugin: looked up on every admission request.
+    by_path: HashMap<String, Arc<Plugin>>,
 }
 
 impl Registry {
@@ -25,13 +27,17 @@ impl Registry {
         if let Some(other) = self.plugins.get(plugin.name()) {
             return Err(refuse("name", plugin.name(), other));
         }
-        if let Some(path) = plugin.metadata().admission_path()
-            && let Some(other) = self.by_admission_path(&path)
+        let path = plugin.metadata().admission_path();
+        if let Some(path) = &path
+            && let Some(other) = self.by_admission_path(path)
         {
-            return Err(refuse("path", &path, other));
+            return Err(refuse("path", path, other));
         }
         let plugin = Arc::new(plugin);
         self.plugins.insert(plugin.name().to_string(), plugin.clone());
+        if let Some(path) = path {
+            self.by_path.insert(path, plugin.clone());
+        }
         Ok(plugin)
     }
 
@@ -42,7 +48,7 @@ impl Registry {
 
     /// The plugin answering admission requests on this path.
     pub fn by_admission_path(&self, path: &str) -> Option<&Arc<Plugin>> {
-        self.plugins.values().find(|p| p.metadata().admission_path().as_deref() == Some(path))
+        self.by_path.get(path)
     }
 
     /// Every plugin, by name.

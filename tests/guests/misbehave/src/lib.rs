@@ -91,7 +91,7 @@ impl Guest for Misbehave {
                 failure_policy: FailurePolicy::Fail,
                 match_policy: MatchPolicy::Equivalent,
                 side_effects: SideEffects::None,
-                timeout_seconds: 5,
+                timeout_seconds: 1,
                 namespace_selector: None,
                 object_selector: None,
                 path: None,

@@ -1,0 +1,118 @@
+//! Prometheus metrics: one [`Metrics`] per host, rendered in the text
+//! exposition format by the metrics endpoint.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A plugin and what it decided: `allowed`, `denied`, or `error` (the
+/// failure policy answered instead).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// allowed, denied or error.
+    pub decision: &'static str,
+}
+
+/// A plugin.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// Plugin name.
+    pub plugin: String,
+}
+
+/// A plugin and why a call failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// trap, deadline, memory, instantiate, settings, bad_answer, overloaded, internal.
+    pub cause: &'static str,
+}
+
+/// A request answered before any plugin ran.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// not_found, method, media_type, too_large, bad_body, bad_review.
+    pub reason: &'static str,
+}
+
+/// The outcome of loading a plugin file.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabels {
+    /// loaded or refused.
+    pub result: &'static str,
+}
+
+/// A plugin kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// admission, route or allowlist.
+    pub kind: &'static str,
+}
+
+type HistogramFamily = Family<PluginLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric the host exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Admission requests answered, by plugin and decision.
+    pub admission_requests: Family<DecisionLabels, Counter>,
+    /// Time to answer an admission request, by plugin.
+    pub admission_seconds: HistogramFamily,
+    /// Plugin calls that failed, by plugin and cause.
+    pub plugin_failures: Family<FailureLabels, Counter>,
+    /// Requests answered with a 4xx before a plugin ran.
+    pub rejected_requests: Family<RejectLabels, Counter>,
+    /// Plugin files loaded or refused.
+    pub plugin_loads: Family<LoadLabels, Counter>,
+    /// Plugins serving, by kind.
+    pub plugins: Family<KindLabels, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 25 µs to about 0.8 s: a Wasm call is tens of microseconds, and the
+    // slowest useful answer is bounded by the webhook timeout.
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tollgate");
+        let admission_requests = Family::<DecisionLabels, Counter>::default();
+        let admission_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let plugin_failures = Family::<FailureLabels, Counter>::default();
+        let rejected_requests = Family::<RejectLabels, Counter>::default();
+        let plugin_loads = Family::<LoadLabels, Counter>::default();
+        let plugins = Family::<KindLabels, Gauge>::default();
+        registry.register("admission_requests", "Admission requests answered", admission_requests.clone());
+        registry.register("admission_seconds", "Time to answer an admission request", admission_seconds.clone());
+        registry.register("plugin_failures", "Plugin calls that trapped, timed out or failed", plugin_failures.clone());
+        registry.register("rejected_requests", "Requests refused before a plugin ran", rejected_requests.clone());
+        registry.register("plugin_loads", "Plugin files loaded or refused", plugin_loads.clone());
+        registry.register("plugins", "Plugins serving", plugins.clone());
+        Self {
+            registry,
+            admission_requests,
+            admission_seconds,
+            plugin_failures,
+            rejected_requests,
+            plugin_loads,
+            plugins,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

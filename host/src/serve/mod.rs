@@ -1,0 +1,170 @@
+//! `tollgate serve`: the admission listener (HTTPS), the metrics listener
+//! (HTTP), and loading the plugins they serve.
+
+pub mod admission;
+pub mod listener;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::engine::{EngineOptions, Runtime};
+use crate::error::{DirError, EngineError};
+use crate::loader::Loader;
+use crate::state::HostState;
+use crate::tls::{self, TlsError, TlsOptions};
+use crate::{bundled, summary};
+
+/// Everything `tollgate serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Plugin directory; `None` serves the bundled plugins.
+    pub plugins: Option<PathBuf>,
+    /// Engine limits.
+    pub engine: EngineOptions,
+    /// Where the admission webhook listens (HTTPS).
+    pub admission_addr: SocketAddr,
+    /// Where Prometheus metrics and probes are served (plain HTTP).
+    pub metrics_addr: Option<SocketAddr>,
+    /// TLS of the admission listener.
+    pub tls: TlsOptions,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The engine could not be built.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The plugin directory could not be read.
+    #[error(transparent)]
+    Plugins(#[from] DirError),
+    /// Loading was interrupted.
+    #[error("loading plugins failed: {0}")]
+    Load(String),
+}
+
+/// Runs the servers until `stop` completes, then drains them.
+pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = ()>) -> Result<(), ServeError> {
+    let runtime = Arc::new(Runtime::new(options.engine.clone())?);
+    let state = Arc::new(HostState::new(options.engine.max_instances as usize));
+    let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&options.tls)?);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+
+    let admission_listener = bind(options.admission_addr).await?;
+    tracing::info!(addr = %local(&admission_listener), "admission webhook listening (HTTPS)");
+    let admission_state = state.clone();
+    servers.spawn(listener::serve(
+        "admission",
+        admission_listener,
+        Some(tls),
+        move |req, _peer| admission::handle(admission_state.clone(), req),
+        shutdown_rx.clone(),
+    ));
+
+    if let Some(addr) = options.metrics_addr {
+        let metrics_listener = bind(addr).await?;
+        tracing::info!(addr = %local(&metrics_listener), "metrics listening (HTTP)");
+        let metrics_state = state.clone();
+        servers.spawn(listener::serve(
+            "metrics",
+            metrics_listener,
+            None,
+            move |req, _peer| metrics_endpoint(metrics_state.clone(), req),
+            shutdown_rx.clone(),
+        ));
+    }
+
+    // Compiling is CPU work: keep it off the async threads so probes answer
+    // (not ready) while plugins load.
+    let loader = Loader::new(runtime);
+    let plugins = options.plugins.clone();
+    let report = tokio::task::spawn_blocking(move || match plugins {
+        Some(dir) => loader.load_dir(&dir),
+        None => Ok(bundled::load(&loader)),
+    })
+    .await
+    .map_err(|e| ServeError::Load(e.to_string()))??;
+    for plugin in report.registry.iter() {
+        tracing::info!(
+            plugin = plugin.name(),
+            version = plugin.version(),
+            kind = %plugin.kind(),
+            path = plugin.metadata().admission_path().unwrap_or_default(),
+            "serving"
+        );
+    }
+    for refused in &report.refused {
+        tracing::warn!(file = %refused.file.display(), reason = %refused.reason, "plugin refused");
+    }
+    let (loaded, refused) = (report.registry.len(), report.refused.len());
+    state.install(report);
+    tracing::info!(loaded, refused, "plugins ready");
+
+    stop.await;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    let _ = shutdown_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+fn local(listener: &TcpListener) -> String {
+    listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
+/// `/plugins` (what is serving, as JSON).
+async fn metrics_endpoint(
+    state: Arc<HostState>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use listener::text;
+    match req.uri().path() {
+        "/metrics" => {
+            let mut response = text(200, state.metrics.render());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            response
+        }
+        "/healthz" => text(200, "ok"),
+        "/readyz" if state.is_ready() => text(200, "ready"),
+        "/readyz" => text(503, "loading plugins"),
+        "/plugins" => {
+            let registry = state.registry();
+            let plugins: Vec<summary::PluginSummary<'_>> =
+                registry.iter().map(|p| summary::PluginSummary::from(p.as_ref())).collect();
+            match serde_json::to_string_pretty(&plugins) {
+                Ok(json) => {
+                    let mut response = text(200, json);
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                    response
+                }
+                Err(error) => text(500, error.to_string()),
+            }
+        }
+        _ => text(404, "not found; try /metrics, /healthz, /readyz or /plugins"),
+    }
+}
