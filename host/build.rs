@@ -17,7 +17,7 @@ const GUEST_TARGET: &str = "wasm32-wasip2";
 const GUEST_PROFILE: &str = "guest";
 
 struct Guest {
-    /// Crate (and file) name, e.g. `namespace-guard`.
+    /// Crate (and file) name, e.g. `namespace-validation`.
     name: String,
     /// Crate directory.
     dir: PathBuf,
@@ -97,7 +97,13 @@ fn discover(dir: &Path, bundled: bool) -> Vec<Guest> {
             "guest crate in {} must be named after its directory",
             entry.path().display()
         );
-        let is_bin = !text.contains("cdylib");
+        // A cdylib is a plugin, a crate with src/main.rs a command guest;
+        // anything else is a library the guests share, built as their
+        // dependency.
+        let is_bin = entry.path().join("src/main.rs").exists();
+        if !is_bin && !text.contains("cdylib") {
+            continue;
+        }
         guests.push(Guest { name, dir: entry.path(), bundled, is_bin });
     }
     guests.sort_by(|a, b| a.name.cmp(&b.name));

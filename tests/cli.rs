@@ -31,19 +31,30 @@ fn copy(dir: &Path, name: &str, guest: &str) {
     std::fs::copy(guest, dir.join(name)).expect("copy guest");
 }
 
+/// The settings file a reference plugin ships with.
+fn shipped_settings(plugin: &str) -> String {
+    format!("{}/../plugins/{plugin}/{plugin}.settings.json", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Copies a reference plugin and its shipped settings as `<stem>.wasm`.
+fn copy_with_settings(dir: &Path, stem: &str, guest: &str, plugin: &str) {
+    copy(dir, &format!("{stem}.wasm"), guest);
+    std::fs::copy(shipped_settings(plugin), dir.join(format!("{stem}.settings.json"))).expect("copy settings");
+}
+
 #[test]
 fn inspect_a_directory_lists_plugins_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
-    copy(dir.path(), "namespace-guard.wasm", guests::NAMESPACE_GUARD);
+    copy_with_settings(dir.path(), "namespace-validation", guests::NAMESPACE_VALIDATION, "namespace-validation");
     copy(dir.path(), "jwt-org-router.wasm", guests::JWT_ORG_ROUTER);
     std::fs::write(dir.path().join("broken.wasm"), "not wasm").unwrap();
 
     let out = tollgate(&["inspect", dir.path().to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "refusals make inspect fail: {stdout}");
-    assert!(stdout.contains("namespace-guard 0.1.0 (admission)"), "{stdout}");
-    assert!(stdout.contains("admission: /validate/namespace-guard failurePolicy=Ignore timeout=2s"), "{stdout}");
-    assert!(stdout.contains("rule: CREATE,UPDATE,DELETE groups=\"\" versions=v1 resources=namespaces scope=Cluster"));
+    assert!(stdout.contains("namespace-validation 0.1.0 (admission)"), "{stdout}");
+    assert!(stdout.contains("admission: /validate/namespace-validation failurePolicy=Ignore timeout=2s"), "{stdout}");
+    assert!(stdout.contains("rule: CREATE,UPDATE,DELETE groups=\"\" versions=* resources=namespaces scope=Cluster"));
     assert!(stdout.contains("jwt-org-router 0.1.0 (route)"), "{stdout}");
     assert!(stdout.contains("broken.wasm: is not a WebAssembly file"), "{stdout}");
 }
@@ -64,8 +75,10 @@ fn inspect_json_describes_one_file() {
 #[test]
 fn eval_answers_an_admission_review_like_the_api_server_expects() {
     let dir = tempfile::tempdir().unwrap();
-    copy(dir.path(), "guard.wasm", guests::NAMESPACE_GUARD);
-    std::fs::write(dir.path().join("guard.settings.yaml"), "protectedNamespaces: [\"kube-*\"]\n").unwrap();
+    copy(dir.path(), "guard.wasm", guests::NAMESPACE_VALIDATION);
+    let shipped = include_str!("../plugins/namespace-validation/namespace-validation.settings.json");
+    let settings: Value = serde_json::from_str(shipped).unwrap();
+    std::fs::write(dir.path().join("guard.settings.yaml"), serde_yaml::to_string(&settings).unwrap()).unwrap();
     let plugin = dir.path().join("guard.wasm");
 
     let out = tollgate(&["eval", plugin.to_str().unwrap(), &data("namespace-delete-kube-system.json")]);
@@ -77,12 +90,14 @@ fn eval_answers_an_admission_review_like_the_api_server_expects() {
     assert_eq!(response["uid"], "3b6a7e38-3e5c-4a9f-9a53-1c1f0e6c2a11");
     assert_eq!(response["allowed"], false);
     assert_eq!(response["status"]["code"], 403);
-    assert!(response["status"]["message"].as_str().unwrap().contains("\"kube-system\" is protected"));
-    assert_eq!(response["auditAnnotations"]["tollgate-plugin"], "namespace-guard@0.1.0");
+    assert!(response["status"]["message"].as_str().unwrap().contains("protected namespace \"kube-system\""));
+    assert_eq!(response["auditAnnotations"]["tollgate-plugin"], "namespace-validation@0.1.0");
 
     // --settings replaces the file beside the plugin: now nothing is protected.
     let open = dir.path().join("open.json");
-    std::fs::write(&open, r#"{"protectedNamespaces": []}"#).unwrap();
+    let mut unprotected = settings.clone();
+    unprotected["protectedNamespaces"] = serde_json::json!([]);
+    std::fs::write(&open, unprotected.to_string()).unwrap();
     let out = tollgate(&[
         "eval",
         plugin.to_str().unwrap(),
@@ -122,11 +137,12 @@ fn eval_reports_bad_input_and_bad_plugins_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{ not json").unwrap();
-    let out = tollgate(&["eval", guests::NAMESPACE_GUARD, bad.to_str().unwrap()]);
+    let settings = shipped_settings("namespace-validation");
+    let out = tollgate(&["eval", guests::NAMESPACE_VALIDATION, bad.to_str().unwrap(), "--settings", &settings]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("request is not usable: not JSON"), "{}", text(&out.stderr));
 
-    let out = tollgate(&["eval", guests::NAMESPACE_GUARD, &data("route-no-token.json")]);
+    let out = tollgate(&["eval", guests::NAMESPACE_VALIDATION, &data("route-no-token.json"), "--settings", &settings]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("an admission plugin takes an AdmissionReview"), "{}", text(&out.stderr));
 
@@ -195,11 +211,11 @@ fn serve_until(args: &[&str], marker: &str) -> (Child, Vec<String>) {
 #[test]
 fn serve_loads_a_directory_and_keeps_running_despite_bad_plugins() {
     let dir = tempfile::tempdir().unwrap();
-    copy(dir.path(), "namespace-guard.wasm", guests::NAMESPACE_GUARD);
+    copy_with_settings(dir.path(), "namespace-validation", guests::NAMESPACE_VALIDATION, "namespace-validation");
     copy(dir.path(), "panics.wasm", guests::PANIC_IN_METADATA);
     let (mut child, lines) = serve_until(&["--plugins", dir.path().to_str().unwrap()], "plugins ready");
     let log = lines.join("\n");
-    assert!(log.contains("serving") && log.contains("plugin=\"namespace-guard\""), "{log}");
+    assert!(log.contains("serving") && log.contains("plugin=\"namespace-validation\""), "{log}");
     assert!(log.contains("panics.wasm") && log.contains("metadata is broken on purpose"), "{log}");
     assert!(log.contains("loaded=1 refused=1"), "{log}");
     std::thread::sleep(Duration::from_millis(200));
@@ -212,10 +228,12 @@ fn serve_loads_a_directory_and_keeps_running_despite_bad_plugins() {
 fn serve_without_a_directory_serves_the_bundled_plugins() {
     let (mut child, lines) = serve_until(&[], "plugins ready");
     let log = lines.join("\n");
-    for name in ["namespace-guard", "jwt-org-router", "email-allowlist"] {
+    for name in
+        ["namespace-validation", "regular-user-validation", "pod-validation", "jwt-org-router", "email-allowlist"]
+    {
         assert!(log.contains(&format!("plugin=\"{name}\"")), "{name} not served: {log}");
     }
-    assert!(log.contains("loaded=3 refused=0"), "{log}");
+    assert!(log.contains("loaded=5 refused=0"), "{log}");
     child.kill().unwrap();
     child.wait().unwrap();
 }

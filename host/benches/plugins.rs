@@ -19,7 +19,7 @@ mod guests {
 }
 
 const REVIEW: &str = include_str!("../../tests/data/namespace-update-team-a.json");
-const SETTINGS: &str = include_str!("../../plugins/namespace-guard/namespace-guard.settings.json");
+const SETTINGS: &str = include_str!("../../plugins/namespace-validation/namespace-validation.settings.json");
 
 /// `TOLLGATE_BENCH_POOLING=0` runs without the pooling allocator, e.g. under
 /// valgrind, which cannot reserve the pool's address space.
@@ -33,7 +33,7 @@ fn compile(c: &mut Criterion) {
     let mut group = c.benchmark_group("compile");
     group.sample_size(10);
     for (name, path) in [
-        ("namespace-guard", guests::NAMESPACE_GUARD),
+        ("namespace-validation", guests::NAMESPACE_VALIDATION),
         ("jwt-org-router", guests::JWT_ORG_ROUTER),
         ("email-allowlist", guests::EMAIL_ALLOWLIST),
     ] {
@@ -47,14 +47,14 @@ fn compile(c: &mut Criterion) {
 
 fn admission_call(c: &mut Criterion) {
     let loader = Loader::new(Arc::new(Runtime::new(options()).expect("engine")));
-    let bytes = std::fs::read(guests::NAMESPACE_GUARD).expect("guest built");
-    let settings = Settings::from_text(SETTINGS, Path::new("namespace-guard.settings.json")).expect("settings");
-    let plugin = loader.load_bytes(Path::new("namespace-guard.wasm"), &bytes, settings).expect("loads");
+    let bytes = std::fs::read(guests::NAMESPACE_VALIDATION).expect("guest built");
+    let settings = Settings::from_text(SETTINGS, Path::new("namespace-validation.settings.json")).expect("settings");
+    let plugin = loader.load_bytes(Path::new("namespace-validation.wasm"), &bytes, settings).expect("loads");
     let request = admission::to_contract(&admission::parse_review(REVIEW.as_bytes()).expect("review")).expect("ok");
     let native = NativeGuard::configure(SETTINGS);
     assert_eq!(plugin.validate(&request).expect("answers"), native.validate(&request), "same decision");
 
-    let mut group = c.benchmark_group("admission/namespace-guard");
+    let mut group = c.benchmark_group("admission/namespace-validation");
     group.bench_function("wasm: fresh instance + configure + validate", |b| {
         b.iter(|| plugin.validate(black_box(&request)).expect("answers"))
     });
@@ -69,7 +69,7 @@ fn admission_call(c: &mut Criterion) {
     group.finish();
 }
 
-/// namespace-guard's decision in native Rust, the same steps as the guest.
+/// namespace-validation's decision in native Rust, the same steps as the guest.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct NativeGuard {

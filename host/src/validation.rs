@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(is_dns1123_label("namespace-guard"));
+        assert!(is_dns1123_label("namespace-validation"));
         assert!(is_dns1123_label("a"));
         assert!(!is_dns1123_label("Namespace"));
         assert!(!is_dns1123_label("-a"));

@@ -20,6 +20,9 @@ mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
+/// The settings namespace-validation ships with.
+const GUARD_SETTINGS: &str = include_str!("../../plugins/namespace-validation/namespace-validation.settings.json");
+
 const DEADLINE: Duration = Duration::from_millis(250);
 const MEMORY_CAP: usize = 16 << 20;
 
@@ -90,8 +93,17 @@ fn decide(plugin: &Plugin, review: &str) -> Result<Verdict, PluginError> {
     plugin.validate(&admission::to_contract(&request).expect("convertible"))
 }
 
+/// namespace-validation's shipped settings, with `changes` applied.
+fn guard_settings_with(changes: serde_json::Value) -> serde_json::Value {
+    let mut settings: serde_json::Value = serde_json::from_str(GUARD_SETTINGS).expect("shipped settings are JSON");
+    for (key, value) in changes.as_object().expect("an object of changes") {
+        settings[key] = value.clone();
+    }
+    settings
+}
+
 fn guard_settings() -> serde_json::Value {
-    json!({"protectedNamespaces": ["default", "kube-*"], "adminUsers": ["kube:admin"], "adminGroups": ["cluster-admins"]})
+    guard_settings_with(json!({}))
 }
 
 #[test]
@@ -99,11 +111,11 @@ fn metadata_round_trips_for_every_kind() {
     let report = loader().load_dir(
         plugin_dir(
             &[
-                ("namespace-guard.wasm", guests::NAMESPACE_GUARD),
+                ("namespace-validation.wasm", guests::NAMESPACE_VALIDATION),
                 ("jwt-org-router.wasm", guests::JWT_ORG_ROUTER),
                 ("email-allowlist.wasm", guests::EMAIL_ALLOWLIST),
             ],
-            &[],
+            &[("namespace-validation.settings.json", GUARD_SETTINGS)],
         )
         .path(),
     );
@@ -111,7 +123,7 @@ fn metadata_round_trips_for_every_kind() {
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     assert_eq!(report.registry.len(), 3);
 
-    let guard = report.registry.get("namespace-guard").expect("namespace-guard loaded");
+    let guard = report.registry.get("namespace-validation").expect("namespace-validation loaded");
     assert_eq!(guard.kind(), Kind::Admission);
     assert_eq!(guard.version(), "0.1.0");
     assert_eq!(guard.contract_version(), "0.1.0");
@@ -121,11 +133,12 @@ fn metadata_round_trips_for_every_kind() {
     let rule = &meta.webhook.rules[0];
     assert_eq!(rule.operations, vec![Operation::Create, Operation::Update, Operation::Delete]);
     assert_eq!(rule.api_groups, vec![String::new()]);
+    assert_eq!(rule.api_versions, vec!["*".to_string()]);
     assert_eq!(rule.resources, vec!["namespaces".to_string()]);
     assert_eq!(rule.scope, Scope::Cluster);
     assert_eq!(meta.webhook.failure_policy, FailurePolicy::Ignore);
     assert_eq!(meta.webhook.timeout_seconds, 2);
-    assert_eq!(guard.metadata().admission_path().as_deref(), Some("/validate/namespace-guard"));
+    assert_eq!(guard.metadata().admission_path().as_deref(), Some("/validate/namespace-validation"));
     assert!(meta.info.settings_doc.as_deref().is_some_and(|d| d.contains("protectedNamespaces")));
 
     let router = report.registry.get("jwt-org-router").expect("router loaded");
@@ -144,18 +157,21 @@ fn bundled_plugins_all_load() {
     let report = tollgate::bundled::load(&loader());
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     let names: Vec<&str> = report.registry.iter().map(|p| p.name()).collect();
-    assert_eq!(names, ["email-allowlist", "jwt-org-router", "namespace-guard"]);
+    assert_eq!(
+        names,
+        ["email-allowlist", "jwt-org-router", "namespace-validation", "pod-validation", "regular-user-validation"]
+    );
     assert!(report.registry.iter().all(|p| p.origin().to_string_lossy().starts_with("bundled:")));
 }
 
 #[test]
-fn namespace_guard_decides_from_its_settings() {
-    let guard = load_with(guests::NAMESPACE_GUARD, guard_settings()).expect("loads");
+fn namespace_validation_decides_from_its_settings() {
+    let guard = load_with(guests::NAMESPACE_VALIDATION, guard_settings()).expect("loads");
 
     let denied = decide(&guard, &namespace_review("DELETE", "kube-system", "alice", &[])).unwrap();
     assert!(!denied.allowed);
     assert_eq!(denied.code, Some(403));
-    assert!(denied.message.unwrap().contains("\"kube-system\" is protected"));
+    assert!(denied.message.unwrap().contains("protected namespace \"kube-system\""));
 
     let exact = decide(&guard, &namespace_review("UPDATE", "default", "alice", &[])).unwrap();
     assert!(!exact.allowed);
@@ -177,7 +193,9 @@ fn namespace_guard_decides_from_its_settings() {
 
 #[test]
 fn settings_change_the_decision_without_rebuilding() {
-    let narrow = load_with(guests::NAMESPACE_GUARD, json!({"protectedNamespaces": ["prod"]})).expect("loads");
+    let narrow =
+        load_with(guests::NAMESPACE_VALIDATION, guard_settings_with(json!({"protectedNamespaces": ["^prod$"]})))
+            .expect("loads");
     assert!(decide(&narrow, &namespace_review("DELETE", "kube-system", "alice", &[])).unwrap().allowed);
     assert!(!decide(&narrow, &namespace_review("DELETE", "prod", "alice", &[])).unwrap().allowed);
 }
@@ -185,7 +203,7 @@ fn settings_change_the_decision_without_rebuilding() {
 #[test]
 fn settings_files_json_and_yaml_are_accepted() {
     let dir = plugin_dir(
-        &[("guard.wasm", guests::NAMESPACE_GUARD), ("emails.wasm", guests::EMAIL_ALLOWLIST)],
+        &[("guard.wasm", guests::NAMESPACE_VALIDATION), ("emails.wasm", guests::EMAIL_ALLOWLIST)],
         &[
             ("guard.settings.json", &guard_settings().to_string()),
             ("emails.settings.yaml", "emails:\n  - Admin@Example.com\n"),
@@ -193,7 +211,7 @@ fn settings_files_json_and_yaml_are_accepted() {
     );
     let report = loader().load_dir(dir.path()).unwrap();
     assert!(report.refused.is_empty(), "{:?}", report.refused);
-    let guard = report.registry.get("namespace-guard").unwrap();
+    let guard = report.registry.get("namespace-validation").unwrap();
     assert_eq!(guard.settings_file(), Some(dir.path().join("guard.settings.json").as_path()));
     assert!(!decide(guard, &namespace_review("DELETE", "kube-system", "alice", &[])).unwrap().allowed);
 
@@ -212,14 +230,20 @@ fn settings_files_json_and_yaml_are_accepted() {
 
 #[test]
 fn settings_refused_by_the_plugin_or_unreadable_refuse_the_plugin() {
-    let unknown = refusal(load_with(guests::NAMESPACE_GUARD, json!({"protected": ["x"]})));
+    let unknown = refusal(load_with(guests::NAMESPACE_VALIDATION, json!({"protected": ["x"]})));
     assert!(matches!(&unknown, Refusal::Settings(m) if m.contains("unknown field `protected`")), "{unknown}");
 
-    let match_all = refusal(load_with(guests::NAMESPACE_GUARD, json!({"protectedNamespaces": ["*"]})));
-    assert!(match_all.to_string().contains("would match every namespace"), "{match_all}");
+    let bad_regex = refusal(load_with(
+        guests::NAMESPACE_VALIDATION,
+        guard_settings_with(json!({"protectedNamespaces": ["(open"]})),
+    ));
+    assert!(bad_regex.to_string().contains("\"(open\" is not a valid regular expression"), "{bad_regex}");
+
+    let missing = refusal(load_with(guests::NAMESPACE_VALIDATION, json!({})));
+    assert!(missing.to_string().contains("missing field `protectedNamespaces`"), "{missing}");
 
     let dir = plugin_dir(
-        &[("guard.wasm", guests::NAMESPACE_GUARD), ("twice.wasm", guests::EMAIL_ALLOWLIST)],
+        &[("guard.wasm", guests::NAMESPACE_VALIDATION), ("twice.wasm", guests::EMAIL_ALLOWLIST)],
         &[("guard.settings.json", "{not json"), ("twice.settings.json", "{}"), ("twice.settings.yaml", "emails: []")],
     );
     let report = loader().load_dir(dir.path()).unwrap();
@@ -233,8 +257,8 @@ fn settings_refused_by_the_plugin_or_unreadable_refuse_the_plugin() {
 fn every_bad_file_is_refused_with_its_reason_while_good_plugins_load() {
     let dir = plugin_dir(
         &[
-            ("a-good.wasm", guests::NAMESPACE_GUARD),
-            ("core.wasm", guests::NAMESPACE_GUARD), // overwritten below
+            ("a-good.wasm", guests::NAMESPACE_VALIDATION),
+            ("core.wasm", guests::NAMESPACE_VALIDATION), // overwritten below
             ("invalid.wasm", guests::INVALID_METADATA),
             ("loops.wasm", guests::LOOP_IN_METADATA),
             ("not-a-plugin.wasm", guests::NOT_A_PLUGIN),
@@ -243,7 +267,7 @@ fn every_bad_file_is_refused_with_its_reason_while_good_plugins_load() {
             ("configure-fails.wasm", guests::MISBEHAVE),
             ("z-good.wasm", guests::EMAIL_ALLOWLIST),
         ],
-        &[("configure-fails.settings.json", r#"{"configure": "fail"}"#)],
+        &[("configure-fails.settings.json", r#"{"configure": "fail"}"#), ("a-good.settings.json", GUARD_SETTINGS)],
     );
     std::fs::write(dir.path().join("text.wasm"), "this is not wasm").unwrap();
     std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
@@ -252,7 +276,7 @@ fn every_bad_file_is_refused_with_its_reason_while_good_plugins_load() {
 
     let report = loader().load_dir(dir.path()).unwrap();
     let names: Vec<&str> = report.registry.iter().map(|p| p.name()).collect();
-    assert_eq!(names, ["email-allowlist", "namespace-guard"]);
+    assert_eq!(names, ["email-allowlist", "namespace-validation"]);
 
     let reason = |file: &str| -> String {
         let refused = report.refused.iter().find(|r| r.file == dir.path().join(file));
@@ -341,17 +365,24 @@ fn a_guest_gets_no_files_environment_or_arguments() {
 #[test]
 fn duplicate_names_and_paths_are_refused_naming_both_files() {
     let dir = plugin_dir(
-        &[("a.wasm", guests::NAMESPACE_GUARD), ("b.wasm", guests::NAMESPACE_GUARD), ("c.wasm", guests::PATH_CLASH)],
-        &[],
+        &[
+            ("a.wasm", guests::NAMESPACE_VALIDATION),
+            ("b.wasm", guests::NAMESPACE_VALIDATION),
+            ("c.wasm", guests::PATH_CLASH),
+        ],
+        &[("a.settings.json", GUARD_SETTINGS), ("b.settings.json", GUARD_SETTINGS)],
     );
     let report = loader().load_dir(dir.path()).unwrap();
     assert_eq!(report.registry.len(), 1);
-    assert_eq!(report.registry.get("namespace-guard").unwrap().origin(), dir.path().join("a.wasm"));
+    assert_eq!(report.registry.get("namespace-validation").unwrap().origin(), dir.path().join("a.wasm"));
     let reasons: Vec<String> = report.refused.iter().map(|r| r.to_string()).collect();
     let a = dir.path().join("a.wasm").display().to_string();
     assert!(reasons[0].starts_with(&dir.path().join("b.wasm").display().to_string()), "{reasons:?}");
-    assert!(reasons[0].contains(&format!("name \"namespace-guard\" is already used by {a}")), "{reasons:?}");
-    assert!(reasons[1].contains(&format!("path \"/validate/namespace-guard\" is already used by {a}")), "{reasons:?}");
+    assert!(reasons[0].contains(&format!("name \"namespace-validation\" is already used by {a}")), "{reasons:?}");
+    assert!(
+        reasons[1].contains(&format!("path \"/validate/namespace-validation\" is already used by {a}")),
+        "{reasons:?}"
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Test guest: a valid admission plugin that claims namespace-guard's path,
+//! Test guest: a valid admission plugin that claims namespace-validation's path,
 //! so the host must refuse whichever of the two loads second.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "admission-plugin" });
@@ -35,7 +35,7 @@ impl Guest for PathClash {
                 timeout_seconds: 5,
                 namespace_selector: None,
                 object_selector: None,
-                path: Some("/validate/namespace-guard".into()),
+                path: Some("/validate/namespace-validation".into()),
                 mutating: false,
             },
         }

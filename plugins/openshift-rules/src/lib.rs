@@ -1,0 +1,195 @@
+//! What the OpenShift-style admission plugins share: name patterns from
+//! settings, reading objects from the request, and the decision they make.
+//!
+//! Every plugin call runs on a fresh instance and parses its settings again,
+//! so patterns take a fast path: `^name$` is an exact match and `^prefix.*`
+//! (or `^prefix`) a prefix match; only other expressions are compiled as
+//! regular expressions (Go's `MatchString` semantics: unanchored search).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+
+/// A decision, converted by each plugin into its contract's `verdict`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// HTTP-like code of a denial.
+    pub code: Option<u16>,
+    /// Why.
+    pub message: Option<String>,
+}
+
+impl Decision {
+    /// Allow, silently.
+    pub fn allow() -> Self {
+        Self { allowed: true, code: None, message: None }
+    }
+
+    /// Allow, saying why (shown in audit logs).
+    pub fn allow_because(message: impl Into<String>) -> Self {
+        Self { allowed: true, code: None, message: Some(message.into()) }
+    }
+
+    /// Deny with 403 Forbidden.
+    pub fn deny(message: impl Into<String>) -> Self {
+        Self { allowed: false, code: Some(403), message: Some(message.into()) }
+    }
+
+    /// Refuse a request the plugin cannot interpret (400): never allow it.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self { allowed: false, code: Some(400), message: Some(message.into()) }
+    }
+}
+
+/// One name pattern.
+#[derive(Debug, Clone)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+    Regex(regex_lite::Regex),
+}
+
+const META: &[char] = &['\\', '.', '+', '*', '?', '(', ')', '|', '[', ']', '{', '}', '^', '$'];
+
+impl Pattern {
+    fn parse(source: &str) -> Result<Self, String> {
+        if let Some(body) = source.strip_prefix('^') {
+            if let Some(name) = body.strip_suffix('$')
+                && !name.contains(META)
+            {
+                return Ok(Self::Exact(name.to_string()));
+            }
+            let prefix = body.strip_suffix(".*").unwrap_or(body);
+            if !prefix.contains(META) {
+                return Ok(Self::Prefix(prefix.to_string()));
+            }
+        }
+        regex_lite::Regex::new(source)
+            .map(Self::Regex)
+            .map_err(|e| format!("{source:?} is not a valid regular expression: {e}"))
+    }
+
+    fn matches(&self, text: &str) -> bool {
+        match self {
+            Self::Exact(name) => text == name,
+            Self::Prefix(prefix) => text.starts_with(prefix.as_str()),
+            Self::Regex(regex) => regex.is_match(text),
+        }
+    }
+}
+
+/// A list of regular expressions from settings; a text matches when any
+/// of them does.
+#[derive(Debug, Clone, Default)]
+pub struct Patterns(Vec<Pattern>);
+
+impl Patterns {
+    /// Parses every pattern, or says which one is invalid.
+    pub fn parse<S: AsRef<str>>(sources: &[S]) -> Result<Self, String> {
+        sources.iter().map(|s| Pattern::parse(s.as_ref())).collect::<Result<_, _>>().map(Self)
+    }
+
+    /// True when any pattern matches `text`.
+    pub fn matches(&self, text: &str) -> bool {
+        self.0.iter().any(|p| p.matches(text))
+    }
+
+    /// True when any pattern matches any of `texts`.
+    pub fn matches_any<S: AsRef<str>>(&self, texts: &[S]) -> bool {
+        texts.iter().any(|t| self.matches(t.as_ref()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Patterns {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let sources = Vec::<String>::deserialize(deserializer)?;
+        Self::parse(&sources).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The parts of any Kubernetes object the plugins read.
+#[derive(Debug, Default, Deserialize)]
+pub struct Object {
+    /// `metadata`.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// `spec`, as JSON (its shape depends on the kind).
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    /// `status`, as JSON.
+    #[serde(default)]
+    pub status: serde_json::Value,
+}
+
+/// `metadata` of an object.
+#[derive(Debug, Default, Deserialize)]
+pub struct ObjectMeta {
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace (empty for cluster-scoped objects).
+    #[serde(default)]
+    pub namespace: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Parses an object of the request, if it has one.
+pub fn parse_object(json: Option<&str>, field: &str) -> Result<Option<Object>, String> {
+    json.map(|text| serde_json::from_str(text).map_err(|e| format!("{field} is not a valid object: {e}"))).transpose()
+}
+
+/// Parses settings text into `T`, prefixing errors so the operator knows
+/// they come from the settings.
+pub fn parse_settings<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| format!("invalid settings: {e}"))
+}
+
+/// True when `groups` contains `group`.
+pub fn has_group<S: AsRef<str>>(groups: &[S], group: &str) -> bool {
+    groups.iter().any(|g| g.as_ref() == group)
+}
+
+/// True when `groups` contains any of `wanted`.
+pub fn has_any_group<S: AsRef<str>, W: AsRef<str>>(groups: &[S], wanted: &[W]) -> bool {
+    wanted.iter().any(|w| has_group(groups, w.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_take_the_fast_path_when_they_can() {
+        let p = Patterns::parse(&["^default$", "^kube-.*", "^redhat-", "^openshift-(a|b)$"]).unwrap();
+        assert!(matches!(p.0[0], Pattern::Exact(_)));
+        assert!(matches!(p.0[1], Pattern::Prefix(_)));
+        assert!(matches!(p.0[2], Pattern::Prefix(_)));
+        assert!(matches!(p.0[3], Pattern::Regex(_)));
+        assert!(p.matches("default"));
+        assert!(!p.matches("default-configs"));
+        assert!(p.matches("kube-system"));
+        assert!(!p.matches("my-kube-ns"));
+        assert!(p.matches("redhat-anything"));
+        assert!(p.matches("openshift-b"));
+        assert!(!p.matches("openshift-c"));
+    }
+
+    #[test]
+    fn unanchored_patterns_search_like_go() {
+        let p = Patterns::parse(&["monitoring"]).unwrap();
+        assert!(p.matches("my-monitoring-ns"));
+    }
+
+    #[test]
+    fn invalid_patterns_are_named() {
+        let err = Patterns::parse(&["^ok$", "(unclosed"]).unwrap_err();
+        assert!(err.contains("\"(unclosed\""), "{err}");
+    }
+}
