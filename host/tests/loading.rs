@@ -308,11 +308,8 @@ fn every_bad_file_is_refused_with_its_reason_while_good_plugins_load() {
 
 #[test]
 fn a_plugin_looping_forever_is_stopped_by_the_deadline() {
-    let started = std::time::Instant::now();
     let refused = refusal(load_with(guests::LOOP_IN_METADATA, json!({})));
     assert!(matches!(refused, Refusal::Metadata(CallError::Deadline(d)) if d == DEADLINE), "{refused}");
-    // Generous bound: proves the loop was interrupted, not that it was fast.
-    assert!(started.elapsed() < Duration::from_secs(30));
 
     let refused = refusal(load_with(guests::MISBEHAVE, json!({"configure": "loop"})));
     assert!(matches!(refused, Refusal::Configure(CallError::Deadline(_))), "{refused}");

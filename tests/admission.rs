@@ -1,0 +1,646 @@
+//! The admission webhook end to end: the real binary, real TLS, real
+//! compiled plugins, AdmissionReviews as the API server sends them.
+//!
+//! The rule tables follow `../shared/reference/openshift-webhooks.md`: each
+//! row is one request and the decision the reference expects.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use support::{Server, client, client_identity, guests, install, install_reference, plain};
+
+/// An AdmissionReview as the API server sends it.
+#[derive(Clone)]
+struct Review {
+    group: &'static str,
+    kind: &'static str,
+    resource: &'static str,
+    operation: &'static str,
+    username: String,
+    groups: Vec<String>,
+    name: String,
+    namespace: Option<String>,
+    object: Value,
+    old_object: Value,
+    dry_run: bool,
+}
+
+impl Review {
+    fn new(group: &'static str, kind: &'static str, resource: &'static str, operation: &'static str) -> Self {
+        Self {
+            group,
+            kind,
+            resource,
+            operation,
+            username: "alice".into(),
+            groups: vec!["system:authenticated".into()],
+            name: String::new(),
+            namespace: None,
+            object: Value::Null,
+            old_object: Value::Null,
+            dry_run: false,
+        }
+    }
+
+    fn by(mut self, user: &str, groups: &[&str]) -> Self {
+        self.username = user.into();
+        self.groups = groups.iter().map(|g| g.to_string()).collect();
+        self
+    }
+
+    fn object(mut self, object: Value) -> Self {
+        self.object = object;
+        self
+    }
+
+    fn old(mut self, object: Value) -> Self {
+        self.old_object = object;
+        self
+    }
+
+    fn named(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    fn in_namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    fn json(&self, uid: &str) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": self.group, "version": "v1", "kind": self.kind},
+                "resource": {"group": self.group, "version": "v1", "resource": self.resource},
+                "name": self.name,
+                "namespace": self.namespace,
+                "operation": self.operation,
+                "userInfo": {"username": self.username, "groups": self.groups},
+                "object": self.object,
+                "oldObject": self.old_object,
+                "dryRun": self.dry_run
+            }
+        })
+    }
+}
+
+fn namespace_object(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+fn namespace(op: &'static str, name: &str) -> Review {
+    let object = namespace_object(name, json!({}));
+    let review = Review::new("", "Namespace", "namespaces", op).named(name);
+    match op {
+        "CREATE" => review.object(object),
+        "DELETE" => review.old(object),
+        _ => review.object(object.clone()).old(object),
+    }
+}
+
+const SRE: &str = "system:serviceaccounts:openshift-backplane-srep";
+const CEE: &str = "system:serviceaccounts:openshift-backplane-cee";
+const EXEMPT_LABEL: &str = "managed.openshift.io/storage-pv-quota-exempt";
+
+/// What a row expects.
+enum Expect {
+    Allow,
+    Deny(u16),
+}
+use Expect::{Allow, Deny};
+
+/// Sends every row to `path` and checks uid, decision and code. Reports all
+/// failing rows at once.
+async fn check_table(server: &Server, path: &str, rows: Vec<(&str, Review, Expect)>) {
+    let http = client(&server.ca(), None);
+    let mut failures = Vec::new();
+    for (i, (what, review, expect)) in rows.iter().enumerate() {
+        let uid = format!("00000000-0000-4000-8000-{i:012}");
+        let response = http.post(server.url(path)).json(&review.json(&uid)).send().await.expect("request sent");
+        assert_eq!(response.status(), 200, "{what}: HTTP status");
+        let body: Value = response.json().await.expect("JSON answer");
+        let answer = &body["response"];
+        let got = (answer["allowed"].as_bool(), answer["status"]["code"].as_u64());
+        let ok = answer["uid"] == uid.as_str()
+            && match expect {
+                Allow => got.0 == Some(true),
+                Deny(code) => got == (Some(false), Some(u64::from(*code))),
+            };
+        if !ok {
+            failures.push(format!("{what}: got {answer}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} rows wrong:\n{}", failures.len(), rows.len(), failures.join("\n"));
+}
+
+/// A server with the three OpenShift plugins and their shipped settings.
+fn openshift_server() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    install_reference(dir.path(), "namespace-validation", guests::NAMESPACE_VALIDATION);
+    install_reference(dir.path(), "regular-user-validation", guests::REGULAR_USER_VALIDATION);
+    install_reference(dir.path(), "pod-validation", guests::POD_VALIDATION);
+    let server = Server::start(dir.path(), &[]);
+    (dir, server)
+}
+
+#[tokio::test]
+async fn namespace_validation_follows_every_rule() {
+    let (_dir, server) = openshift_server();
+    let labelled = |name: &str, value: &str| namespace_object(name, json!({ EXEMPT_LABEL: value }));
+    let rows = vec![
+        ("valid: empty username", namespace("DELETE", "team-a").by("", &[]), Deny(400)),
+        ("valid: another kind", Review { kind: "Pod", ..namespace("CREATE", "team-a") }, Deny(400)),
+        ("1: kube:admin", namespace("DELETE", "openshift-monitoring").by("kube:admin", &[]), Allow),
+        ("1: system:admin", namespace("DELETE", "kube-system").by("system:admin", &[]), Allow),
+        ("1: backplane-cluster-admin", namespace("DELETE", "default").by("backplane-cluster-admin", &[]), Allow),
+        ("1: cluster-admins group", namespace("DELETE", "openshift-config").by("bob", &["cluster-admins"]), Allow),
+        ("1: SRE group", namespace("UPDATE", "openshift-ingress").by("sre", &[SRE]), Allow),
+        (
+            "2: privileged SA group",
+            namespace("DELETE", "openshift-monitoring")
+                .by("system:serviceaccount:openshift-x:y", &["system:serviceaccounts:openshift-x"]),
+            Allow,
+        ),
+        (
+            "2: osde2e SA group",
+            namespace("DELETE", "default").by("e2e", &["system:serviceaccounts:osde2e-ab1c2"]),
+            Allow,
+        ),
+        (
+            "2: short osde2e group",
+            namespace("DELETE", "default").by("e2e", &["system:serviceaccounts:osde2e-ab1"]),
+            Deny(403),
+        ),
+        (
+            "2: unprivileged SA group",
+            namespace("DELETE", "default").by("sa", &["system:serviceaccounts:my-team"]),
+            Deny(403),
+        ),
+        (
+            "4: layered SRE on redhat-*",
+            namespace("DELETE", "redhat-rhoam").by("l", &["layered-sre-cluster-admins"]),
+            Allow,
+        ),
+        (
+            "4: layered SRE elsewhere",
+            namespace("DELETE", "openshift-logging").by("l", &["layered-sre-cluster-admins"]),
+            Deny(403),
+        ),
+        ("5: kube-system", namespace("DELETE", "kube-system"), Deny(403)),
+        ("5: kube- prefix", namespace("CREATE", "kube-anything"), Deny(403)),
+        ("5: openshift-monitoring", namespace("UPDATE", "openshift-monitoring"), Deny(403)),
+        ("5: default", namespace("UPDATE", "default"), Deny(403)),
+        ("5: redhat- prefix", namespace("CREATE", "redhat-foo"), Deny(403)),
+        ("5: openshift-unpriv-ns is not protected", namespace("CREATE", "openshift-unpriv-ns"), Allow),
+        ("5: openshift-must-gather-xyz is not protected", namespace("DELETE", "openshift-must-gather-xyz"), Allow),
+        ("5: default-configs is not protected", namespace("CREATE", "default-configs"), Allow),
+        ("5: my-monitoring is not protected", namespace("CREATE", "my-monitoring"), Allow),
+        ("3: name from the old object on DELETE", namespace("DELETE", "kube-public").named(""), Deny(403)),
+        ("6: com", namespace("CREATE", "com"), Deny(403)),
+        ("6: io", namespace("CREATE", "io"), Deny(403)),
+        ("6: in", namespace("CREATE", "in"), Deny(403)),
+        ("6: comx is fine", namespace("CREATE", "comx"), Allow),
+        ("7: CREATE with a protected label", namespace("CREATE", "team-a").object(labelled("team-a", "x")), Deny(403)),
+        (
+            "7: UPDATE adding a protected label",
+            namespace("UPDATE", "team-a").object(labelled("team-a", "x")).old(namespace_object("team-a", json!({}))),
+            Deny(403),
+        ),
+        (
+            "7: UPDATE changing its value",
+            namespace("UPDATE", "team-a").object(labelled("team-a", "y")).old(labelled("team-a", "x")),
+            Deny(403),
+        ),
+        (
+            "7: UPDATE removing it",
+            namespace("UPDATE", "team-a").object(namespace_object("team-a", json!({}))).old(labelled("team-a", "x")),
+            Deny(403),
+        ),
+        (
+            "7: UPDATE keeping it",
+            namespace("UPDATE", "team-a")
+                .object(namespace_object("team-a", json!({ EXEMPT_LABEL: "x", "other": "changed" })))
+                .old(labelled("team-a", "x")),
+            Allow,
+        ),
+        ("7: DELETE is not label-checked", namespace("DELETE", "team-a").old(labelled("team-a", "x")), Allow),
+        ("8: a customer namespace", namespace("CREATE", "team-a"), Allow),
+    ];
+    check_table(&server, "/validate/namespace-validation", rows).await;
+}
+
+fn object_named(name: &str, namespace: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": namespace}})
+}
+
+#[tokio::test]
+async fn regular_user_validation_follows_every_rule() {
+    let (_dir, server) = openshift_server();
+    let mc = || Review::new("machineconfiguration.openshift.io", "MachineConfig", "machineconfigs", "CREATE");
+    let cv = || Review::new("config.openshift.io", "ClusterVersion", "clusterversions", "UPDATE");
+    let proxy = || Review::new("config.openshift.io", "Proxy", "proxies", "UPDATE");
+    let must_gather = || Review::new("managed.openshift.io", "MustGather", "mustgathers", "CREATE");
+    let custom_domain = || Review::new("managed.openshift.io", "CustomDomain", "customdomains", "CREATE");
+    let subject_perm = || Review::new("managed.openshift.io", "SubjectPermission", "subjectpermissions", "CREATE");
+    let netns = |name: &str| {
+        Review::new("network.openshift.io", "NetNamespace", "netnamespaces", "CREATE").object(object_named(name, ""))
+    };
+    let cm = |op: &'static str, name: &str, ns: &str| {
+        let r = Review::new("", "ConfigMap", "configmaps", op).in_namespace(ns).named(name);
+        if op == "DELETE" { r.old(object_named(name, ns)) } else { r.object(object_named(name, ns)) }
+    };
+    let rows = vec![
+        ("valid: empty username", proxy().by("", &[]), Deny(400)),
+        ("1: unauthenticated", proxy().by("system:unauthenticated", &[]), Deny(403)),
+        ("2: MachineConfig by cluster-admins", mc().by("bob", &["cluster-admins"]), Allow),
+        ("2: MachineConfig by system:admin", mc().by("system:admin", &[]), Allow),
+        ("2: MachineConfig by backplane-cluster-admin", mc().by("backplane-cluster-admin", &[]), Allow),
+        (
+            "2: MachineConfig by the MCO controller",
+            mc().by("system:serviceaccount:openshift-machine-config-operator:machine-config-controller", &[]),
+            Allow,
+        ),
+        ("2: MachineConfig by kube:admin is denied", mc().by("kube:admin", &[]), Deny(403)),
+        ("2: MachineConfig by SRE is denied", mc().by("sre", &[SRE]), Deny(403)),
+        ("2: MachineConfig by a regular user", mc(), Deny(403)),
+        ("3: kube:admin on Proxy", proxy().by("kube:admin", &[]), Allow),
+        ("4: MustGather by CEE", must_gather().by("cee", &[CEE]), Allow),
+        ("4: MustGather by a regular user", must_gather(), Deny(403)),
+        ("4: CustomDomain by dedicated-admins", custom_domain().by("d", &["dedicated-admins"]), Allow),
+        ("4: CustomDomain by a regular user", custom_domain(), Deny(403)),
+        ("4: ClusterVersion by a regular user", cv(), Deny(403)),
+        ("4: ClusterVersion by dedicated-admins (no fall-through)", cv().by("d", &["dedicated-admins"]), Deny(403)),
+        (
+            "4: ClusterVersion by the upgrade operator",
+            cv().by("system:serviceaccount:openshift-managed-upgrade-operator:managed-upgrade-operator", &[]),
+            Allow,
+        ),
+        ("4: ClusterVersion by a system: user", cv().by("system:kube-controller-manager", &[]), Allow),
+        ("4: ClusterVersion by another service account", cv().by("system:serviceaccount:foo:bar", &[]), Deny(403)),
+        ("4: ClusterVersion by SRE", cv().by("sre", &[SRE]), Allow),
+        ("4: ClusterVersion by backplane-cluster-admin", cv().by("backplane-cluster-admin", &[]), Allow),
+        ("4: NetNamespace by dedicated-admins", netns("my-app").by("d", &["dedicated-admins"]), Allow),
+        (
+            "4: NetNamespace named after a protected ns",
+            netns("openshift-monitoring").by("d", &["dedicated-admins"]),
+            Deny(403),
+        ),
+        ("4: NetNamespace named com", netns("com").by("d", &["cluster-admins"]), Deny(403)),
+        ("4: NetNamespace by a regular user", netns("my-app"), Deny(403)),
+        ("5: system: service account", subject_perm().by("system:serviceaccount:x:y", &[]), Allow),
+        ("6: backplane-cluster-admin", subject_perm().by("backplane-cluster-admin", &[]), Allow),
+        ("7: SRE group", subject_perm().by("sre", &[SRE]), Allow),
+        ("8: an ordinary ConfigMap", cm("UPDATE", "app-config", "team-a"), Allow),
+        ("8: user-ca-bundle in openshift-config", cm("UPDATE", "user-ca-bundle", "openshift-config"), Deny(403)),
+        ("8: deleting user-ca-bundle (old object)", cm("DELETE", "user-ca-bundle", "openshift-config"), Deny(403)),
+        ("8: user-ca-bundle elsewhere", cm("CREATE", "user-ca-bundle", "team-a"), Allow),
+        ("9: SubjectPermission by a regular user", subject_perm(), Deny(403)),
+        ("9: cluster-admins on a platform group", subject_perm().by("bob", &["cluster-admins"]), Deny(403)),
+    ];
+    check_table(&server, "/validate/regular-user-validation", rows).await;
+}
+
+fn pod(op: &'static str, namespace: &str, tolerations: Value) -> Review {
+    let object = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": namespace},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], "tolerations": tolerations}
+    });
+    let review = Review::new("", "Pod", "pods", op).in_namespace(namespace).named("p");
+    if op == "DELETE" { review.old(object) } else { review.object(object) }
+}
+
+fn toleration(key: &str, effect: &str) -> Value {
+    json!([{"key": key, "operator": "Exists", "effect": effect}])
+}
+
+#[tokio::test]
+async fn pod_validation_follows_every_rule() {
+    let (_dir, server) = openshift_server();
+    let infra = "node-role.kubernetes.io/infra";
+    let master = "node-role.kubernetes.io/master";
+    let rows = vec![
+        ("valid: empty username", pod("CREATE", "team-a", json!([])).by("", &[]), Deny(400)),
+        ("valid: another kind", Review { kind: "Deployment", ..pod("CREATE", "team-a", json!([])) }, Deny(400)),
+        (
+            "3: customer pod tolerating infra NoSchedule",
+            pod("CREATE", "team-a", toleration(infra, "NoSchedule")),
+            Deny(403),
+        ),
+        (
+            "3: customer pod tolerating master PreferNoSchedule",
+            pod("CREATE", "team-a", toleration(master, "PreferNoSchedule")),
+            Deny(403),
+        ),
+        ("3: NoExecute is not blocked", pod("CREATE", "team-a", toleration(infra, "NoExecute")), Allow),
+        ("3: other keys are fine", pod("CREATE", "team-a", toleration("gpu", "NoSchedule")), Allow),
+        ("3: no tolerations", pod("CREATE", "team-a", json!([])), Allow),
+        (
+            "3: the user does not matter",
+            pod("CREATE", "team-a", toleration(infra, "NoSchedule")).by("kube:admin", &[]),
+            Deny(403),
+        ),
+        ("2: protected namespace", pod("CREATE", "openshift-monitoring", toleration(infra, "NoSchedule")), Allow),
+        ("2: kube- prefix", pod("CREATE", "kube-system", toleration(master, "NoSchedule")), Allow),
+        (
+            "2: openshift-logging counts as customer",
+            pod("CREATE", "openshift-logging", toleration(infra, "NoSchedule")),
+            Deny(403),
+        ),
+        (
+            "2: openshift-operators counts as customer",
+            pod("CREATE", "openshift-operators", toleration(infra, "NoSchedule")),
+            Deny(403),
+        ),
+        ("1: DELETE inspects the old pod", pod("DELETE", "team-a", toleration(infra, "NoSchedule")), Deny(403)),
+        (
+            "1: UPDATE inspects the old pod",
+            {
+                let mut r = pod("UPDATE", "team-a", json!([]));
+                r.old_object = pod("CREATE", "team-a", toleration(infra, "NoSchedule")).object;
+                r
+            },
+            Deny(403),
+        ),
+        (
+            "1: namespace from the request when the pod has none",
+            {
+                let mut r = pod("CREATE", "kube-system", toleration(infra, "NoSchedule"));
+                r.object["metadata"].as_object_mut().unwrap().remove("namespace");
+                r
+            },
+            Allow,
+        ),
+    ];
+    check_table(&server, "/validate/pod-validation", rows).await;
+}
+
+/// A server with a plugin that echoes what it was asked, and one that warns.
+fn echo_server() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "echo", guests::MISBEHAVE, Some(r#"{"validate": "echo"}"#));
+    install(dir.path(), "warn", guests::MISBEHAVE_IGNORE, Some(r#"{"validate": "warn"}"#));
+    let server = Server::start(dir.path(), &[]);
+    (dir, server)
+}
+
+#[tokio::test]
+async fn uid_dry_run_and_warnings_reach_the_api_server() {
+    let (_dir, server) = echo_server();
+    let http = client(&server.ca(), None);
+    let mut review = Review::new("", "ConfigMap", "configmaps", "UPDATE").in_namespace("team-a").by("carol", &[]);
+    review.dry_run = true;
+    let answer: Value = http
+        .post(server.url("/validate/misbehave"))
+        .json(&review.json("11111111-2222-4333-8444-555555555555"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let response = &answer["response"];
+    assert_eq!(response["uid"], "11111111-2222-4333-8444-555555555555");
+    let said = response["status"]["message"].as_str().unwrap();
+    assert!(
+        said.contains("dry_run=true") && said.contains("op=Operation::Update") && said.contains("user=carol"),
+        "{said}"
+    );
+    assert!(said.contains("namespace=Some(\"team-a\")"), "{said}");
+    assert_eq!(response["auditAnnotations"]["tollgate-plugin"], "misbehave@0.0.1");
+
+    let answer: Value = http
+        .post(server.url("/validate/misbehave-ignore"))
+        .json(&review.json("uid-2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["warnings"], json!(["careful: this is a test warning"]));
+}
+
+#[tokio::test]
+async fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
+    let (_dir, server) = openshift_server();
+    let http = client(&server.ca(), None);
+    let url = server.url("/validate/pod-validation");
+    let json_post = |body: Vec<u8>| http.post(&url).header("content-type", "application/json").body(body);
+
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("empty body", json_post(vec![]), 400, "not a valid AdmissionReview"),
+        ("not JSON", json_post(b"{ this is not json".to_vec()), 400, "not a valid AdmissionReview"),
+        (
+            "wrong apiVersion",
+            json_post(
+                serde_json::to_vec(&{
+                    let mut v = pod("CREATE", "team-a", json!([])).json("u");
+                    v["apiVersion"] = json!("admission.k8s.io/v1beta1");
+                    v
+                })
+                .unwrap(),
+            ),
+            400,
+            "expected kind AdmissionReview apiVersion admission.k8s.io/v1",
+        ),
+        (
+            "no request",
+            json_post(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec()),
+            400,
+            "has no request",
+        ),
+        ("4 MiB", json_post(vec![b' '; 4 << 20]), 413, "larger than the 3 MiB"),
+        ("GET", http.get(&url), 405, "must be POST"),
+        ("text/plain", http.post(&url).header("content-type", "text/plain").body("{}"), 415, "application/json"),
+        ("unknown path", http.post(server.url("/validate/nope")).json(&json!({})), 404, "no admission plugin"),
+    ];
+    for (what, request, status, reason) in cases {
+        let response = request.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(reason), "{what}: {body}");
+    }
+
+    let ok = http.post(&url).json(&pod("CREATE", "team-a", json!([])).json("still-there")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let answer: Value = ok.json().await.unwrap();
+    assert_eq!(
+        (answer["response"]["uid"].as_str(), answer["response"]["allowed"].as_bool()),
+        (Some("still-there"), Some(true))
+    );
+
+    let metrics = server.metrics_text().await;
+    for reason in ["bad_review", "too_large", "method", "media_type", "not_found"] {
+        assert!(
+            metrics.contains(&format!("tollgate_rejected_requests_total{{reason=\"{reason}\"}}")),
+            "{reason}: {metrics}"
+        );
+    }
+}
+
+/// Plugins that trap and loop, under each failure policy.
+fn failing_server(dir: &Path) -> Server {
+    install(dir, "trap-fail", guests::MISBEHAVE, Some(r#"{"validate": "panic"}"#));
+    install(dir, "loop-ignore", guests::MISBEHAVE_IGNORE, Some(r#"{"validate": "loop"}"#));
+    Server::start(dir, &[])
+}
+
+#[tokio::test]
+async fn failure_policy_fail_denies_and_ignore_allows_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = failing_server(dir.path());
+    let http = client(&server.ca(), None);
+    let review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a");
+
+    for _ in 0..2 {
+        let answer: Value = http
+            .post(server.url("/validate/misbehave"))
+            .json(&review.json("t1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let response = &answer["response"];
+        assert_eq!(response["uid"], "t1");
+        assert_eq!(response["allowed"], false);
+        assert_eq!(response["status"]["code"], 500);
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("plugin misbehave trapped") && message.contains("misbehaving on purpose"),
+            "{message}"
+        );
+        assert!(message.contains("denied by failurePolicy Fail"), "{message}");
+    }
+
+    let answer: Value = http
+        .post(server.url("/validate/misbehave-ignore"))
+        .json(&review.json("t2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let response = &answer["response"];
+    assert_eq!((response["uid"].as_str(), response["allowed"].as_bool()), (Some("t2"), Some(true)));
+    let warning = response["warnings"][0].as_str().unwrap();
+    // Its deadline is 800 ms (1 s timeout less a fifth), less the time spent
+    // waiting for a free instance.
+    assert!(warning.contains("plugin misbehave-ignore ran past its deadline of"), "{warning}");
+    assert!(warning.contains("allowed by failurePolicy Ignore"), "{warning}");
+
+    let metrics = server.metrics_text().await;
+    assert!(metrics.contains(r#"tollgate_plugin_failures_total{plugin="misbehave",cause="trap"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"tollgate_plugin_failures_total{plugin="misbehave-ignore",cause="deadline"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_all_answered_correctly() {
+    let (_dir, server) = openshift_server();
+    let http = client(&server.ca(), None);
+    let infra = "node-role.kubernetes.io/infra";
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64u32 {
+        let http = http.clone();
+        let url = server.url("/validate/pod-validation");
+        let blocked = i % 2 == 0;
+        let review = pod("CREATE", "team-a", if blocked { toleration(infra, "NoSchedule") } else { json!([]) });
+        tasks.spawn(async move {
+            let uid = format!("c-{i}");
+            let answer: Value = http.post(url).json(&review.json(&uid)).send().await.unwrap().json().await.unwrap();
+            assert_eq!(answer["response"]["uid"], uid.as_str());
+            assert_eq!(answer["response"]["allowed"], !blocked, "request {i}");
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("request task");
+    }
+    let metrics = server.metrics_text().await;
+    assert!(metrics.contains(r#"tollgate_admission_requests_total{plugin="pod-validation",decision="denied"} 32"#));
+    assert!(metrics.contains(r#"tollgate_admission_requests_total{plugin="pod-validation",decision="allowed"} 32"#));
+}
+
+#[tokio::test]
+async fn probes_answer_on_both_listeners() {
+    let (_dir, server) = openshift_server();
+    let http = client(&server.ca(), None);
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(http.get(server.url(path)).send().await.unwrap().status(), 200, "{path} over TLS");
+        let plain = plain().get(format!("http://{}{path}", server.metrics)).send().await.unwrap();
+        assert_eq!(plain.status(), 200, "{path} on the metrics listener");
+    }
+    let plugins: Value =
+        reqwest::get(format!("http://{}/plugins", server.metrics)).await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = plugins.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["namespace-validation", "pod-validation", "regular-user-validation"]);
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_with_a_certificate_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    install_reference(dir.path(), "pod-validation", guests::POD_VALIDATION);
+    let (client_ca_pem, cert, key) = client_identity("kube-apiserver");
+    let client_ca = dir.path().join("client-ca.pem");
+    std::fs::write(&client_ca, &client_ca_pem).unwrap();
+    let server = Server::start(dir.path(), &["--client-ca", client_ca.to_str().unwrap()]);
+    let review = pod("CREATE", "team-a", json!([])).json("m");
+    let url = server.url("/validate/pod-validation");
+
+    let anonymous = client(&server.ca(), None);
+    let refused = anonymous.post(&url).json(&review).send().await;
+    assert!(refused.is_err(), "a client without a certificate must be refused: {refused:?}");
+
+    let (_other_ca, stranger_cert, stranger_key) = client_identity("stranger");
+    let stranger = client(&server.ca(), Some((&stranger_cert, &stranger_key)));
+    assert!(stranger.post(&url).json(&review).send().await.is_err(), "a certificate from another CA is refused");
+
+    let api_server = client(&server.ca(), Some((&cert, &key)));
+    let response = api_server.post(&url).json(&review).send().await.expect("the API server's certificate is accepted");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn certificate_files_replaced_on_disk_serve_on_the_next_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    install_reference(dir.path(), "pod-validation", guests::POD_VALIDATION);
+    let first = tollgate::tls::SelfSigned::generate(&["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &first.cert_pem).unwrap();
+    std::fs::write(&key, &first.key_pem).unwrap();
+    let server = Server::start(dir.path(), &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let review = pod("CREATE", "team-a", json!([])).json("r");
+    let url = server.url("/validate/pod-validation");
+
+    let trusts_first = client(first.ca_pem.as_bytes(), None);
+    assert_eq!(trusts_first.post(&url).json(&review).send().await.unwrap().status(), 200);
+
+    // Rotate as cert-manager does: write new files, rename them into place.
+    let second = tollgate::tls::SelfSigned::generate(&["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("tls.crt.new"), &second.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key.new"), &second.key_pem).unwrap();
+    std::fs::rename(dir.path().join("tls.key.new"), &key).unwrap();
+    std::fs::rename(dir.path().join("tls.crt.new"), &cert).unwrap();
+
+    let trusts_second = client(second.ca_pem.as_bytes(), None);
+    assert_eq!(trusts_second.post(&url).json(&review).send().await.unwrap().status(), 200);
+    let fresh_first = client(first.ca_pem.as_bytes(), None);
+    assert!(fresh_first.post(&url).json(&review).send().await.is_err(), "the old certificate is no longer served");
+
+    // A broken rotation keeps the last good certificate.
+    std::fs::write(&cert, "garbage").unwrap();
+    let still = client(second.ca_pem.as_bytes(), None);
+    assert_eq!(still.post(&url).json(&review).send().await.unwrap().status(), 200);
+}

@@ -1,0 +1,195 @@
+//! Helpers shared by the end-to-end tests: the built guests, the tollgate
+//! binary started on ephemeral ports, and HTTPS clients.
+
+#![allow(dead_code)] // each test file uses some helpers, never all
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+pub const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// The settings file a reference plugin ships with.
+pub fn shipped_settings(plugin: &str) -> PathBuf {
+    PathBuf::from(format!("{}/../plugins/{plugin}/{plugin}.settings.json", env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Copies a built guest into `dir` as `<stem>.wasm`, with `settings` text
+/// beside it if given.
+pub fn install(dir: &Path, stem: &str, guest: &str, settings: Option<&str>) {
+    std::fs::copy(guest, dir.join(format!("{stem}.wasm"))).expect("copy guest");
+    if let Some(text) = settings {
+        std::fs::write(dir.join(format!("{stem}.settings.json")), text).expect("write settings");
+    }
+}
+
+/// Copies a reference plugin with its shipped settings.
+pub fn install_reference(dir: &Path, plugin: &str, guest: &str) {
+    let settings = std::fs::read_to_string(shipped_settings(plugin)).expect("shipped settings");
+    install(dir, plugin, guest, Some(&settings));
+}
+
+/// A running `tollgate serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// The admission listener.
+    pub admission: SocketAddr,
+    /// The metrics listener.
+    pub metrics: SocketAddr,
+    /// Where the generated CA bundle was written (self-signed mode).
+    pub ca_file: PathBuf,
+    /// Every log line so far and to come.
+    pub log: Arc<Mutex<Vec<String>>>,
+    _scratch: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `tollgate serve --plugins dir` plus `args`, and waits until its
+    /// plugins are loaded.
+    pub fn start(plugins: &Path, args: &[&str]) -> Server {
+        let scratch = tempfile::tempdir().expect("temp dir");
+        let ca_file = scratch.path().join("ca.pem");
+        let mut child = Command::new(TOLLGATE)
+            .arg("serve")
+            .arg("--plugins")
+            .arg(plugins)
+            .args(["--admission-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+            .arg("--ca-out")
+            .arg(&ca_file)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tollgate serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let (mut admission, mut metrics) = (None, None);
+        loop {
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tollgate serve did not become ready: {:#?}", log.lock().unwrap());
+            };
+            if line.contains("admission webhook listening") {
+                admission = Some(addr_in(&line));
+            } else if line.contains("metrics listening") {
+                metrics = Some(addr_in(&line));
+            } else if line.contains("plugins ready") {
+                break;
+            }
+        }
+        Server {
+            child,
+            admission: admission.expect("admission address logged"),
+            metrics: metrics.expect("metrics address logged"),
+            ca_file,
+            log,
+            _scratch: scratch,
+        }
+    }
+
+    /// `https://localhost:<port><path>` on the admission listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.admission.port())
+    }
+
+    /// The generated CA bundle.
+    pub fn ca(&self) -> Vec<u8> {
+        std::fs::read(&self.ca_file).expect("CA bundle written")
+    }
+
+    /// The Prometheus text of the metrics listener.
+    pub async fn metrics_text(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics);
+        plain().get(url).send().await.expect("metrics reachable").text().await.expect("metrics text")
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("query child").is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn addr_in(line: &str) -> SocketAddr {
+    let start = line.find("addr=").expect("addr= in line") + 5;
+    line[start..].split_whitespace().next().unwrap().parse().expect("a socket address")
+}
+
+/// A client for the plain-HTTP metrics listener.
+pub fn plain() -> reqwest::Client {
+    // reqwest is built without a default crypto provider; it wants one even
+    // for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+/// A CA and a client certificate it signed (clientAuth), as PEM:
+/// (ca, cert, key).
+pub fn client_identity(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let mut leaf = CertificateParams::new(vec![name.to_string()]).unwrap();
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf_key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&leaf_key, &Issuer::new(ca, ca_key)).unwrap();
+    (ca_pem, cert.pem(), leaf_key.serialize_pem())
+}
+
+/// An HTTPS client trusting `ca_pem`, presenting `identity` (certificate and
+/// key PEM) if given.
+pub fn client(ca_pem: &[u8], identity: Option<(&str, &str)>) -> reqwest::Client {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.expect("CA PEM")).expect("CA cert");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(certs, key).expect("client identity")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
