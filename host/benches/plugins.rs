@@ -1,15 +1,13 @@
 //! What a plugin costs: compiling it, and answering one admission request on
-//! a fresh instance, next to the same check written as native Rust (the
-//! floor). Run: `cargo bench -p tollgate --bench plugins`.
+//! a fresh instance with its shipped settings, next to the same decision in
+//! native Rust (the floor). Run: `cargo bench -p tollgate --bench plugins`.
 
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use serde::Deserialize;
 use tollgate::admission;
-use tollgate::contract::types::{AdmissionRequest, UserInfo, Verdict};
 use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::loader::{Loader, Settings};
 use wasmtime::component::Component;
@@ -18,8 +16,11 @@ mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
-const REVIEW: &str = include_str!("../../tests/data/namespace-update-team-a.json");
-const SETTINGS: &str = include_str!("../../plugins/namespace-validation/namespace-validation.settings.json");
+#[path = "../examples/native_admission_server/native_pod.rs"]
+mod native_pod;
+
+const NAMESPACE_REVIEW: &str = include_str!("../../tests/data/namespace-update-team-a.json");
+const POD_REVIEW: &str = include_str!("../../tests/data/pod-create-infra-toleration.json");
 
 /// `TOLLGATE_BENCH_POOLING=0` runs without the pooling allocator, e.g. under
 /// valgrind, which cannot reserve the pool's address space.
@@ -34,8 +35,8 @@ fn compile(c: &mut Criterion) {
     group.sample_size(10);
     for (name, path) in [
         ("namespace-validation", guests::NAMESPACE_VALIDATION),
+        ("pod-validation", guests::POD_VALIDATION),
         ("jwt-org-router", guests::JWT_ORG_ROUTER),
-        ("email-allowlist", guests::EMAIL_ALLOWLIST),
     ] {
         let bytes = std::fs::read(path).expect("guest built");
         group.bench_function(name, |b| {
@@ -45,85 +46,43 @@ fn compile(c: &mut Criterion) {
     group.finish();
 }
 
+fn load(loader: &Loader, guest: &str, plugin: &str) -> tollgate::plugin::Plugin {
+    let bytes = std::fs::read(guest).expect("guest built");
+    let file = format!("../plugins/{plugin}/{plugin}.settings.json");
+    let settings = Settings::from_file(Path::new(&file)).expect("shipped settings");
+    loader.load_bytes(Path::new(guest), &bytes, settings).expect("loads")
+}
+
+fn request(review: &str) -> tollgate::contract::types::AdmissionRequest {
+    admission::to_contract(&admission::parse_review(review.as_bytes()).expect("review")).expect("convertible")
+}
+
 fn admission_call(c: &mut Criterion) {
     let loader = Loader::new(Arc::new(Runtime::new(options()).expect("engine")));
-    let bytes = std::fs::read(guests::NAMESPACE_VALIDATION).expect("guest built");
-    let settings = Settings::from_text(SETTINGS, Path::new("namespace-validation.settings.json")).expect("settings");
-    let plugin = loader.load_bytes(Path::new("namespace-validation.wasm"), &bytes, settings).expect("loads");
-    let request = admission::to_contract(&admission::parse_review(REVIEW.as_bytes()).expect("review")).expect("ok");
-    let native = NativeGuard::configure(SETTINGS);
-    assert_eq!(plugin.validate(&request).expect("answers"), native.validate(&request), "same decision");
 
+    let pod = load(&loader, guests::POD_VALIDATION, "pod-validation");
+    let pod_request = request(POD_REVIEW);
+    let native = native_pod::Policy::shipped();
+    let wasm_verdict = pod.validate(&pod_request).expect("answers");
+    assert_eq!(wasm_verdict.allowed, native.decide(&pod_request).is_ok(), "same decision");
+    let mut group = c.benchmark_group("admission/pod-validation");
+    group.bench_function("wasm: fresh instance of the configured snapshot + validate", |b| {
+        b.iter(|| pod.validate(black_box(&pod_request)).expect("answers"))
+    });
+    group.bench_function("native: settings parsed once", |b| b.iter(|| native.decide(black_box(&pod_request))));
+    group.bench_function("native: settings parsed per call", |b| {
+        b.iter(|| native_pod::Policy::shipped().decide(black_box(&pod_request)))
+    });
+    group.bench_function("host: parse review + convert", |b| b.iter(|| request(black_box(POD_REVIEW))));
+    group.finish();
+
+    let ns = load(&loader, guests::NAMESPACE_VALIDATION, "namespace-validation");
+    let ns_request = request(NAMESPACE_REVIEW);
     let mut group = c.benchmark_group("admission/namespace-validation");
-    group.bench_function("wasm: fresh instance + configure + validate", |b| {
-        b.iter(|| plugin.validate(black_box(&request)).expect("answers"))
-    });
-    group
-        .bench_function("native: validate (settings parsed once)", |b| b.iter(|| native.validate(black_box(&request))));
-    group.bench_function("native: configure + validate", |b| {
-        b.iter(|| NativeGuard::configure(black_box(SETTINGS)).validate(black_box(&request)))
-    });
-    group.bench_function("host: parse review + convert", |b| {
-        b.iter(|| admission::to_contract(&admission::parse_review(black_box(REVIEW.as_bytes())).expect("ok")))
+    group.bench_function("wasm: fresh instance of the configured snapshot + validate", |b| {
+        b.iter(|| ns.validate(black_box(&ns_request)).expect("answers"))
     });
     group.finish();
-}
-
-/// namespace-validation's decision in native Rust, the same steps as the guest.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct NativeGuard {
-    protected_namespaces: Vec<String>,
-    admin_users: Vec<String>,
-    admin_groups: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Object {
-    metadata: Option<Meta>,
-}
-
-#[derive(Deserialize)]
-struct Meta {
-    name: Option<String>,
-}
-
-impl NativeGuard {
-    fn configure(settings: &str) -> Self {
-        serde_json::from_str(settings).expect("settings")
-    }
-
-    fn is_admin(&self, user: &UserInfo) -> bool {
-        self.admin_users.contains(&user.username) || user.groups.iter().any(|g| self.admin_groups.contains(g))
-    }
-
-    fn validate(&self, req: &AdmissionRequest) -> Verdict {
-        let verdict =
-            |allowed, code, message: Option<String>| Verdict { allowed, code, message, warnings: vec![], patch: None };
-        if req.user_info.username.is_empty() || req.kind.kind != "Namespace" {
-            return verdict(false, Some(400), Some("bad request".into()));
-        }
-        if self.is_admin(&req.user_info) {
-            return verdict(true, None, None);
-        }
-        let current = req.old_object.as_deref().or(req.object.as_deref()).unwrap_or("{}");
-        let name = serde_json::from_str::<Object>(current).ok().and_then(|o| o.metadata).and_then(|m| m.name);
-        let Some(name) = name.or_else(|| req.name.clone()) else {
-            return verdict(false, Some(400), Some("request names no namespace".into()));
-        };
-        let protected = self.protected_namespaces.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => &name == p,
-        });
-        if protected {
-            return verdict(
-                false,
-                Some(403),
-                Some(format!("namespace {name:?} is protected: only administrators may change it")),
-            );
-        }
-        verdict(true, None, None)
-    }
 }
 
 criterion_group!(benches, compile, admission_call);

@@ -12,6 +12,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::error::EngineError;
 use crate::sandbox::Sandbox;
+use crate::snapshot::Snapshotter;
 
 /// How often the epoch advances; deadlines are accurate to about one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -56,6 +57,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<Sandbox>,
     options: EngineOptions,
+    snapshotter: Option<Arc<Snapshotter>>,
     _ticker: EpochTicker,
 }
 
@@ -91,7 +93,19 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
         let _ticker = EpochTicker::start(engine.clone());
-        Ok(Self { engine, linker, options, _ticker })
+        let snapshotter = match Snapshotter::new(options.max_memory_bytes) {
+            Ok(snapshotter) => Some(Arc::new(snapshotter)),
+            Err(error) => {
+                tracing::warn!(%error, "configured snapshots unavailable; plugins will be configured on every call");
+                None
+            }
+        };
+        Ok(Self { engine, linker, options, snapshotter, _ticker })
+    }
+
+    /// The engine that takes configured snapshots, if it could be built.
+    pub fn snapshotter(&self) -> Option<&Arc<Snapshotter>> {
+        self.snapshotter.as_ref()
     }
 
     /// The engine, for compiling components.
@@ -118,13 +132,13 @@ impl Runtime {
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped. A plain
 /// thread, not a task, so a busy async runtime cannot delay a deadline.
-struct EpochTicker {
+pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    pub(crate) fn start(engine: Engine) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()

@@ -20,6 +20,7 @@ pub mod plugin;
 pub mod registry;
 pub mod sandbox;
 pub mod serve;
+pub mod snapshot;
 pub mod state;
 pub mod summary;
 pub mod tls;

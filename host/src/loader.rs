@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre};
 
 use crate::contract::{self, Kind, admission, allowlist, route};
 use crate::engine::Runtime;
@@ -17,7 +17,8 @@ use crate::error::{DirError, LoadError, Refusal};
 use crate::metadata::PluginMetadata;
 use crate::plugin::{Exports, Plugin};
 use crate::registry::LoadReport;
-use crate::sandbox;
+use crate::sandbox::{self, Sandbox};
+use crate::snapshot::SnapshotError;
 use crate::validation;
 
 /// Extension of plugin files.
@@ -147,11 +148,7 @@ impl Loader {
         let (kind, contract_version) = world_of(&component, engine)?;
         let link = |e: wasmtime::Error| Refusal::Link { kind, reason: format!("{e:#}") };
         let pre = self.runtime.linker().instantiate_pre(&component).map_err(link)?;
-        let exports = match kind {
-            Kind::Admission => Exports::Admission(admission::GuestIndices::new(&pre).map_err(link)?),
-            Kind::Route => Exports::Route(route::GuestIndices::new(&pre).map_err(link)?),
-            Kind::Allowlist => Exports::Allowlist(allowlist::GuestIndices::new(&pre).map_err(link)?),
-        };
+        let exports = indices(kind, &pre).map_err(link)?;
         let label = origin.display().to_string();
         let deadline = self.runtime.options().load_deadline;
 
@@ -172,15 +169,48 @@ impl Loader {
             return Err(Refusal::InvalidMetadata(problems));
         }
 
-        let configured = sandbox::call(&self.runtime, &metadata.info().name, &pre, deadline, |store, instance| {
-            Ok(match &exports {
-                Exports::Admission(i) => i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?,
-                Exports::Route(i) => i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?,
-                Exports::Allowlist(i) => i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?,
-            })
-        })
-        .map_err(Refusal::Configure)?;
-        configured.map_err(Refusal::Settings)?;
+        let name = metadata.info().name.clone();
+        let snapshot = match self.runtime.snapshotter() {
+            Some(snapshotter) => {
+                match snapshotter.configure(&name, bytes, kind, &contract_version, &settings.json, deadline) {
+                    Ok(configured) => Some(configured),
+                    Err(SnapshotError::Call(error)) => return Err(Refusal::Configure(error)),
+                    Err(SnapshotError::Refused(message)) => return Err(Refusal::Settings(message)),
+                    Err(SnapshotError::Unsupported(why)) => {
+                        tracing::warn!(plugin = %name, %why, "no configured snapshot; configuring on every call");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let (pre, exports, configured) = match snapshot {
+            Some(configured) => {
+                let component = Component::new(engine, &configured)
+                    .map_err(|e| Refusal::Compile(format!("configured snapshot: {e:#}")))?;
+                let pre = self.runtime.linker().instantiate_pre(&component).map_err(link)?;
+                let exports = indices(kind, &pre).map_err(link)?;
+                (pre, exports, true)
+            }
+            None => {
+                let accepted = sandbox::call(&self.runtime, &name, &pre, deadline, |store, instance| {
+                    Ok(match &exports {
+                        Exports::Admission(i) => {
+                            i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?
+                        }
+                        Exports::Route(i) => {
+                            i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?
+                        }
+                        Exports::Allowlist(i) => {
+                            i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?
+                        }
+                    })
+                })
+                .map_err(Refusal::Configure)?;
+                accepted.map_err(Refusal::Settings)?;
+                (pre, exports, false)
+            }
+        };
 
         Ok(Plugin {
             origin: origin.to_path_buf(),
@@ -188,12 +218,22 @@ impl Loader {
             contract_version,
             metadata,
             settings: settings.json,
+            configured,
             settings_file: settings.file,
             exports,
             pre,
             runtime: self.runtime.clone(),
         })
     }
+}
+
+/// Where `kind`'s functions are in the component.
+fn indices(kind: Kind, pre: &InstancePre<Sandbox>) -> wasmtime::Result<Exports> {
+    Ok(match kind {
+        Kind::Admission => Exports::Admission(admission::GuestIndices::new(pre)?),
+        Kind::Route => Exports::Route(route::GuestIndices::new(pre)?),
+        Kind::Allowlist => Exports::Allowlist(allowlist::GuestIndices::new(pre)?),
+    })
 }
 
 /// Plugin files of a directory, sorted. Hidden files are skipped: copy tools

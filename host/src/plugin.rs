@@ -33,6 +33,8 @@ pub struct Plugin {
     pub(crate) contract_version: String,
     pub(crate) metadata: PluginMetadata,
     pub(crate) settings: String,
+    /// True when `pre` is a configured snapshot: calls skip `configure`.
+    pub(crate) configured: bool,
     pub(crate) settings_file: Option<PathBuf>,
     pub(crate) exports: Exports,
     pub(crate) pre: InstancePre<Sandbox>,
@@ -86,6 +88,11 @@ impl Plugin {
         &self.contract_version
     }
 
+    /// True when requests run on a snapshot taken after `configure`.
+    pub fn is_snapshot(&self) -> bool {
+        self.configured
+    }
+
     /// The settings file it was configured from, if any.
     pub fn settings_file(&self) -> Option<&Path> {
         self.settings_file.as_deref()
@@ -117,18 +124,22 @@ impl Plugin {
         let verdict = match &self.exports {
             Exports::Admission(indices) => self.invoke(deadline, |store, instance| {
                 let guest = indices.load(&mut *store, instance)?;
-                Ok(match guest.call_configure(&mut *store, &self.settings)? {
-                    Ok(()) => Ok(guest.call_validate(&mut *store, request)?),
-                    Err(message) => Err(message),
-                })
+                if !self.configured
+                    && let Err(message) = guest.call_configure(&mut *store, &self.settings)?
+                {
+                    return Ok(Err(message));
+                }
+                Ok(Ok(guest.call_validate(&mut *store, request)?))
             }),
             Exports::Allowlist(indices) if self.metadata.webhook().is_some() => {
                 self.invoke(deadline, |store, instance| {
                     let guest = indices.load(&mut *store, instance)?;
-                    Ok(match guest.call_configure(&mut *store, &self.settings)? {
-                        Ok(()) => Ok(guest.call_check_admission(&mut *store, request)?),
-                        Err(message) => Err(message),
-                    })
+                    if !self.configured
+                        && let Err(message) = guest.call_configure(&mut *store, &self.settings)?
+                    {
+                        return Ok(Err(message));
+                    }
+                    Ok(Ok(guest.call_check_admission(&mut *store, request)?))
                 })
             }
             _ => Err(self.wrong_kind(Kind::Admission)),
@@ -147,10 +158,12 @@ impl Plugin {
         let Exports::Route(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Route)) };
         self.invoke(self.call_deadline(), |store, instance| {
             let guest = indices.load(&mut *store, instance)?;
-            Ok(match guest.call_configure(&mut *store, &self.settings)? {
-                Ok(()) => Ok(guest.call_route(&mut *store, request)?),
-                Err(message) => Err(message),
-            })
+            if !self.configured
+                && let Err(message) = guest.call_configure(&mut *store, &self.settings)?
+            {
+                return Ok(Err(message));
+            }
+            Ok(Ok(guest.call_route(&mut *store, request)?))
         })
     }
 
@@ -159,10 +172,12 @@ impl Plugin {
         let Exports::Allowlist(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Allowlist)) };
         self.invoke(self.call_deadline(), |store, instance| {
             let guest = indices.load(&mut *store, instance)?;
-            Ok(match guest.call_configure(&mut *store, &self.settings)? {
-                Ok(()) => Ok(guest.call_check_request(&mut *store, request, identity)?),
-                Err(message) => Err(message),
-            })
+            if !self.configured
+                && let Err(message) = guest.call_configure(&mut *store, &self.settings)?
+            {
+                return Ok(Err(message));
+            }
+            Ok(Ok(guest.call_check_request(&mut *store, request, identity)?))
         })
     }
 

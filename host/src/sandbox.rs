@@ -32,7 +32,9 @@ impl WasiView for Sandbox {
 }
 
 impl Sandbox {
-    fn new(max_memory_bytes: usize) -> Self {
+    /// Host state for one call: WASI with no capabilities, output captured,
+    /// memory capped at `max_memory_bytes`.
+    pub(crate) fn new(max_memory_bytes: usize) -> Self {
         let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         // No preopens, no environment, no arguments, no sockets: the
@@ -45,6 +47,11 @@ impl Sandbox {
             .allow_ip_name_lookup(false)
             .build();
         Self { wasi, table: ResourceTable::new(), limits: MemoryCap { max: max_memory_bytes }, stdout, stderr }
+    }
+
+    /// The memory limiter, for `Store::limiter`.
+    pub(crate) fn limits(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limits
     }
 }
 
@@ -103,7 +110,13 @@ pub fn call<R>(
     result
 }
 
-fn classify(error: wasmtime::Error, deadline: Duration, max_memory: usize, store: &Store<Sandbox>) -> CallError {
+/// Turns a failed call's error into what went wrong, for the operator.
+pub(crate) fn classify(
+    error: wasmtime::Error,
+    deadline: Duration,
+    max_memory: usize,
+    store: &Store<Sandbox>,
+) -> CallError {
     if error.downcast_ref::<MemoryCapExceeded>().is_some() {
         return CallError::MemoryCap { cap_mib: max_memory >> 20 };
     }
@@ -135,7 +148,7 @@ fn panic_message(stderr: &str) -> Option<String> {
 const GUEST_SAID_MAX: usize = 400;
 
 /// Sends what the guest printed to the log, a line an event, under its name.
-fn forward_output(plugin: &str, store: &Store<Sandbox>) {
+pub(crate) fn forward_output(plugin: &str, store: &Store<Sandbox>) {
     let data = store.data();
     for (stream, pipe) in [("stdout", &data.stdout), ("stderr", &data.stderr)] {
         let bytes = pipe.contents();

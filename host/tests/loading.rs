@@ -162,6 +162,10 @@ fn bundled_plugins_all_load() {
         ["email-allowlist", "jwt-org-router", "namespace-validation", "pod-validation", "regular-user-validation"]
     );
     assert!(report.registry.iter().all(|p| p.origin().to_string_lossy().starts_with("bundled:")));
+    // Each serves from a snapshot taken after configure, not by configuring per call.
+    for plugin in report.registry.iter() {
+        assert!(plugin.is_snapshot(), "{} fell back to configuring on every call", plugin.name());
+    }
 }
 
 #[test]

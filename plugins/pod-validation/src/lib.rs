@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 
-use openshift_rules::{Decision, Patterns, parse_object, parse_settings};
+use openshift_rules::{Decision, Patterns, parse_settings};
 use serde::Deserialize;
 
 wit_bindgen::generate!({ path: "../../wit", world: "admission-plugin" });
@@ -35,6 +35,16 @@ thread_local! {
 }
 
 /// Just the tolerations of a pod spec.
+/// Just what the rules read of a Pod: serde skips the rest without
+/// building it.
+#[derive(Deserialize)]
+struct Pod {
+    #[serde(default)]
+    metadata: openshift_rules::ObjectMeta,
+    #[serde(default)]
+    spec: PodSpec,
+}
+
 #[derive(Deserialize, Default)]
 struct PodSpec {
     #[serde(default)]
@@ -60,10 +70,10 @@ fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
     }
     // 1. The current pod (old for UPDATE/DELETE) and its namespace.
     let json = req.old_object.as_deref().or(req.object.as_deref());
-    let pod = match parse_object(json, "pod") {
-        Ok(Some(pod)) => pod,
-        Ok(None) => return Decision::invalid("request carries no pod"),
-        Err(e) => return Decision::invalid(e),
+    let pod: Pod = match json.map(serde_json::from_str) {
+        Some(Ok(pod)) => pod,
+        Some(Err(e)) => return Decision::invalid(format!("pod is not a valid object: {e}")),
+        None => return Decision::invalid("request carries no pod"),
     };
     let namespace = if pod.metadata.namespace.is_empty() {
         req.namespace.clone().unwrap_or_default()
@@ -77,11 +87,7 @@ fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
         return Decision::allow();
     }
     // 3. Customer pods may not tolerate the blocked taints.
-    let spec: PodSpec = match serde_json::from_value(pod.spec) {
-        Ok(spec) => spec,
-        Err(e) => return Decision::invalid(format!("pod spec is not valid: {e}")),
-    };
-    let blocked = spec.tolerations.iter().find(|t| {
+    let blocked = pod.spec.tolerations.iter().find(|t| {
         s.blocked_toleration_keys.iter().any(|k| *k == t.key) && s.blocked_effects.iter().any(|e| *e == t.effect)
     });
     if let Some(t) = blocked {

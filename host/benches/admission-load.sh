@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Admission throughput, latency and server CPU per request: Tollgate serving
+# pod-validation (Wasm) next to the same server answering natively
+# (examples/native_admission_server.rs). Needs wrk (apt-get install wrk).
+# Usage: host/benches/admission-load.sh [seconds per run]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-10}
+body=tests/data/pod-create-infra-toleration.json
+cargo build --release --bin tollgate --example native_admission_server >/dev/null 2>&1
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+mkdir "$work/plugins"
+cp target/guests/wasm32-wasip2/guest/pod_validation.wasm "$work/plugins/pod-validation.wasm"
+cp plugins/pod-validation/pod-validation.settings.json "$work/plugins/"
+
+RUST_LOG=warn target/release/tollgate serve --plugins "$work/plugins" --admission-addr 127.0.0.1:18443 \
+  --metrics-addr 127.0.0.1:19090 --ca-out "$work/ca.pem" &
+wasm_pid=$!
+target/release/examples/native_admission_server 127.0.0.1:18444 "$work/native-ca.pem" 2>/dev/null &
+native_pid=$!
+until curl -sf http://127.0.0.1:19090/readyz >/dev/null; do sleep 0.2; done
+sleep 1
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+run() { # name pid url connections
+  local before after requests
+  before=$(cpu_ticks "$2")
+  BODY=$body wrk -t "$(( $4 < 2 ? 1 : 2 ))" -c "$4" -d "${secs}s" --latency -s host/benches/admission-post.lua "$3" > "$work/out"
+  after=$(cpu_ticks "$2")
+  requests=$(awk '/requests in/ {print $1}' "$work/out")
+  printf '%-7s c=%-3s %10s req/s  p50 %8s  p99 %8s  server CPU %6.1f us/request\n' "$1" "$4" \
+    "$(awk '/Requests\/sec/ {print $2}' "$work/out")" \
+    "$(awk '$1=="50%" {print $2}' "$work/out")" "$(awk '$1=="99%" {print $2}' "$work/out")" \
+    "$(echo "($after - $before) * 1000000 / $(getconf CLK_TCK) / $requests" | bc -l)"
+}
+for c in 1 32; do
+  run wasm "$wasm_pid" https://127.0.0.1:18443/validate/pod-validation "$c"
+  run native "$native_pid" https://127.0.0.1:18444/validate/pod-validation "$c"
+done

@@ -1,0 +1,137 @@
+//! Configured snapshots: a plugin's `configure(settings)` runs once, at
+//! load, inside wasmtime's Wizer, which rewrites the component so that its
+//! memory starts in the configured state. Every request then instantiates
+//! that snapshot (copy-on-write) and skips `configure`: no settings parsing
+//! on the request path, and still no state shared between requests.
+//!
+//! Wizer drives the guest through wasmtime's async API, so snapshots are
+//! taken on a separate async engine with its own epoch ticker; the result is
+//! plain component bytes that the serving engine compiles as usual.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Instance, Linker};
+use wasmtime::{Config, Engine, Store};
+
+use crate::contract::Kind;
+use crate::engine::EpochTicker;
+use crate::error::CallError;
+use crate::sandbox::{self, Sandbox};
+
+/// Why no snapshot was made.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// `configure` trapped, ran past its deadline or its memory cap.
+    #[error(transparent)]
+    Call(CallError),
+    /// `configure` refused the settings, with the plugin's message.
+    #[error("{0}")]
+    Refused(String),
+    /// Wizer could not instrument or rewrite this component: the plugin can
+    /// still serve, configured on every call instead.
+    #[error("cannot snapshot this component: {0}")]
+    Unsupported(String),
+}
+
+/// The async engine snapshots run on.
+pub struct Snapshotter {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    max_memory_bytes: usize,
+    _ticker: EpochTicker,
+}
+
+impl Snapshotter {
+    /// An engine for snapshots, with the same memory cap as serving.
+    pub fn new(max_memory_bytes: usize) -> Result<Self, String> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
+        let _ticker = EpochTicker::start(engine.clone());
+        Ok(Self { engine, linker, max_memory_bytes, _ticker })
+    }
+
+    /// Runs `configure(settings)` on `component` and returns the configured
+    /// component. Blocking: call it from a blocking thread.
+    pub fn configure(
+        self: &Arc<Self>,
+        plugin: &str,
+        component: &[u8],
+        kind: Kind,
+        contract_version: &str,
+        settings: &str,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, SnapshotError> {
+        let interface = kind.export_name(contract_version);
+        // A thread of its own, with a runtime of its own: the caller may be a
+        // tokio blocking thread, where starting a runtime is not allowed.
+        let this = self.clone();
+        let outcome = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| SnapshotError::Unsupported(e.to_string()))?;
+                    runtime.block_on(this.run(plugin, component, &interface, settings, deadline))
+                })
+                .join()
+        });
+        outcome.unwrap_or_else(|_| Err(SnapshotError::Unsupported("the snapshot thread panicked".into())))
+    }
+
+    async fn run(
+        &self,
+        plugin: &str,
+        component: &[u8],
+        interface: &str,
+        settings: &str,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, SnapshotError> {
+        let unsupported = |e: wasmtime::Error| SnapshotError::Unsupported(format!("{e:#}"));
+        let wizer = wasmtime_wizer::Wizer::new();
+        let (context, instrumented) = wizer.instrument_component(component).map_err(unsupported)?;
+        let instrumented = Component::new(&self.engine, &instrumented).map_err(unsupported)?;
+
+        let mut store = Store::new(&self.engine, Sandbox::new(self.max_memory_bytes));
+        store.limiter(|sandbox| sandbox.limits());
+        store.set_epoch_deadline(crate::engine::Runtime::deadline_ticks(deadline));
+        store.epoch_deadline_trap();
+        let configured = self.call_configure(&mut store, &instrumented, interface, settings).await;
+        sandbox::forward_output(plugin, &store);
+        let instance = match configured {
+            Ok((instance, Ok(()))) => instance,
+            Ok((_, Err(message))) => return Err(SnapshotError::Refused(message)),
+            Err(error) => {
+                return Err(SnapshotError::Call(sandbox::classify(error, deadline, self.max_memory_bytes, &store)));
+            }
+        };
+        // Reading the state back is Wizer's work, not the plugin's: it gets
+        // its own generous deadline.
+        store.set_epoch_deadline(crate::engine::Runtime::deadline_ticks(SNAPSHOT_DEADLINE));
+        let mut state = wasmtime_wizer::WasmtimeWizerComponent { store: &mut store, instance };
+        wizer.snapshot_component(&context, &mut state).await.map_err(unsupported)
+    }
+
+    async fn call_configure(
+        &self,
+        store: &mut Store<Sandbox>,
+        component: &Component,
+        interface: &str,
+        settings: &str,
+    ) -> wasmtime::Result<(Instance, Result<(), String>)> {
+        let instance = self.linker.instantiate_async(&mut *store, component).await?;
+        let missing = || wasmtime::format_err!("the component does not export {interface}#configure");
+        let (_, exported) = instance.get_export(&mut *store, None, interface).ok_or_else(missing)?;
+        let (_, func) = instance.get_export(&mut *store, Some(&exported), "configure").ok_or_else(missing)?;
+        let configure = instance.get_typed_func::<(&str,), (Result<(), String>,)>(&mut *store, func)?;
+        let (accepted,) = configure.call_async(&mut *store, (settings,)).await?;
+        Ok((instance, accepted))
+    }
+}
+
+/// How long Wizer may take to read a configured instance's state back.
+const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(60);
