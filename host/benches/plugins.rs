@@ -19,6 +19,7 @@ mod guests {
 #[path = "../examples/native_admission_server/native_pod.rs"]
 mod native_pod;
 
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 const NAMESPACE_REVIEW: &str = include_str!("../../tests/data/namespace-update-team-a.json");
 const POD_REVIEW: &str = include_str!("../../tests/data/pod-create-infra-toleration.json");
 
@@ -59,6 +60,8 @@ fn request(review: &str) -> tollgate::contract::types::AdmissionRequest {
 
 fn admission_call(c: &mut Criterion) {
     let loader = Loader::new(Arc::new(Runtime::new(options()).expect("engine")));
+    // Calls run as the server runs them: futures on a tokio runtime.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
 
     let pod = load(&loader, guests::POD_VALIDATION, "pod-validation");
     let pod_request = request(POD_REVIEW);
@@ -67,7 +70,7 @@ fn admission_call(c: &mut Criterion) {
     assert_eq!(wasm_verdict.allowed, native.decide(&pod_request).is_ok(), "same decision");
     let mut group = c.benchmark_group("admission/pod-validation");
     group.bench_function("wasm: fresh instance of the configured snapshot + validate", |b| {
-        b.iter(|| pod.validate(black_box(&pod_request)).expect("answers"))
+        b.iter(|| rt.block_on(pod.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
     });
     group.bench_function("native: settings parsed once", |b| b.iter(|| native.decide(black_box(&pod_request))));
     group.bench_function("native: settings parsed per call", |b| {
@@ -80,7 +83,7 @@ fn admission_call(c: &mut Criterion) {
     let ns_request = request(NAMESPACE_REVIEW);
     let mut group = c.benchmark_group("admission/namespace-validation");
     group.bench_function("wasm: fresh instance of the configured snapshot + validate", |b| {
-        b.iter(|| ns.validate(black_box(&ns_request)).expect("answers"))
+        b.iter(|| rt.block_on(ns.validate_async(black_box(&ns_request), DEADLINE)).expect("answers"))
     });
     group.finish();
 }

@@ -9,6 +9,9 @@ mod bindings {
         path: "../wit",
         world: "host",
         additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        // Guests run as futures that yield at every epoch tick, so a long
+        // call never holds an async worker thread.
+        exports: { default: async },
     });
 }
 

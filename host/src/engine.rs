@@ -73,6 +73,8 @@ impl Runtime {
             .total_core_instances(instances.saturating_mul(4))
             .total_memories(instances)
             .total_tables(instances.saturating_mul(4))
+            // One fiber stack per running call (calls are async).
+            .total_stacks(instances)
             .max_memory_size(options.max_memory_bytes)
             // A fresh instance per request page-faults on every page it
             // touches unless the slot's pages stay resident. With
@@ -90,7 +92,7 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
         let _ticker = EpochTicker::start(engine.clone());
         let snapshotter = match Snapshotter::new(options.max_memory_bytes) {

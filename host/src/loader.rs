@@ -152,18 +152,21 @@ impl Loader {
         let label = origin.display().to_string();
         let deadline = self.runtime.options().load_deadline;
 
-        let metadata = sandbox::call(&self.runtime, &label, &pre, deadline, |store, instance| {
-            Ok(match &exports {
-                Exports::Admission(i) => {
-                    PluginMetadata::Admission(i.load(&mut *store, instance)?.call_metadata(&mut *store)?)
-                }
-                Exports::Route(i) => PluginMetadata::Route(i.load(&mut *store, instance)?.call_metadata(&mut *store)?),
-                Exports::Allowlist(i) => {
-                    PluginMetadata::Allowlist(i.load(&mut *store, instance)?.call_metadata(&mut *store)?)
-                }
-            })
-        })
-        .map_err(Refusal::Metadata)?;
+        let metadata =
+            sandbox::block_on(sandbox::call(&self.runtime, &label, &pre, deadline, async |store, instance| {
+                Ok(match &exports {
+                    Exports::Admission(i) => {
+                        PluginMetadata::Admission(i.load(&mut *store, instance)?.call_metadata(&mut *store).await?)
+                    }
+                    Exports::Route(i) => {
+                        PluginMetadata::Route(i.load(&mut *store, instance)?.call_metadata(&mut *store).await?)
+                    }
+                    Exports::Allowlist(i) => {
+                        PluginMetadata::Allowlist(i.load(&mut *store, instance)?.call_metadata(&mut *store).await?)
+                    }
+                })
+            }))
+            .map_err(Refusal::Metadata)?;
         let problems = validation::problems(&metadata);
         if !problems.is_empty() {
             return Err(Refusal::InvalidMetadata(problems));
@@ -193,20 +196,22 @@ impl Loader {
                 (pre, exports, true)
             }
             None => {
-                let accepted = sandbox::call(&self.runtime, &name, &pre, deadline, |store, instance| {
-                    Ok(match &exports {
-                        Exports::Admission(i) => {
-                            i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?
-                        }
-                        Exports::Route(i) => {
-                            i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?
-                        }
-                        Exports::Allowlist(i) => {
-                            i.load(&mut *store, instance)?.call_configure(&mut *store, &settings.json)?
-                        }
-                    })
-                })
-                .map_err(Refusal::Configure)?;
+                let json = settings.json.as_str();
+                let accepted =
+                    sandbox::block_on(sandbox::call(&self.runtime, &name, &pre, deadline, async |store, instance| {
+                        Ok(match &exports {
+                            Exports::Admission(i) => {
+                                i.load(&mut *store, instance)?.call_configure(&mut *store, json).await?
+                            }
+                            Exports::Route(i) => {
+                                i.load(&mut *store, instance)?.call_configure(&mut *store, json).await?
+                            }
+                            Exports::Allowlist(i) => {
+                                i.load(&mut *store, instance)?.call_configure(&mut *store, json).await?
+                            }
+                        })
+                    }))
+                    .map_err(Refusal::Configure)?;
                 accepted.map_err(Refusal::Settings)?;
                 (pre, exports, false)
             }

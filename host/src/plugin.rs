@@ -113,34 +113,37 @@ impl Plugin {
     }
 
     /// Decides an admission request (admission plugins, and allowlists that
-    /// declare a webhook) within [`Plugin::call_deadline`].
+    /// declare a webhook) within [`Plugin::call_deadline`]. Blocking; servers
+    /// use [`Plugin::validate_async`].
     pub fn validate(&self, request: &AdmissionRequest) -> Result<Verdict, PluginError> {
-        self.validate_within(request, self.call_deadline())
+        sandbox::block_on(self.validate_async(request, self.call_deadline()))
     }
 
     /// Decides an admission request within `deadline` (what is left of the
     /// plugin's deadline after waiting for a free instance).
-    pub fn validate_within(&self, request: &AdmissionRequest, deadline: Duration) -> Result<Verdict, PluginError> {
+    pub async fn validate_async(&self, request: &AdmissionRequest, deadline: Duration) -> Result<Verdict, PluginError> {
+        let configured = self.configured;
+        let settings = self.settings.as_str();
         let verdict = match &self.exports {
-            Exports::Admission(indices) => self.invoke(deadline, |store, instance| {
-                let guest = indices.load(&mut *store, instance)?;
-                if !self.configured
-                    && let Err(message) = guest.call_configure(&mut *store, &self.settings)?
-                {
-                    return Ok(Err(message));
-                }
-                Ok(Ok(guest.call_validate(&mut *store, request)?))
-            }),
-            Exports::Allowlist(indices) if self.metadata.webhook().is_some() => {
-                self.invoke(deadline, |store, instance| {
+            Exports::Admission(indices) => {
+                self.invoke(deadline, async |store, instance| {
                     let guest = indices.load(&mut *store, instance)?;
-                    if !self.configured
-                        && let Err(message) = guest.call_configure(&mut *store, &self.settings)?
-                    {
+                    if !configured && let Err(message) = guest.call_configure(&mut *store, settings).await? {
                         return Ok(Err(message));
                     }
-                    Ok(Ok(guest.call_check_admission(&mut *store, request)?))
+                    Ok(Ok(guest.call_validate(&mut *store, request).await?))
                 })
+                .await
+            }
+            Exports::Allowlist(indices) if self.metadata.webhook().is_some() => {
+                self.invoke(deadline, async |store, instance| {
+                    let guest = indices.load(&mut *store, instance)?;
+                    if !configured && let Err(message) = guest.call_configure(&mut *store, settings).await? {
+                        return Ok(Err(message));
+                    }
+                    Ok(Ok(guest.call_check_admission(&mut *store, request).await?))
+                })
+                .await
             }
             _ => Err(self.wrong_kind(Kind::Admission)),
         }?;
@@ -153,42 +156,56 @@ impl Plugin {
         Ok(verdict)
     }
 
-    /// Decides where a gateway request goes (route plugins).
+    /// Decides where a gateway request goes (route plugins). Blocking.
     pub fn route(&self, request: &RequestHead) -> Result<RouteDecision, PluginError> {
+        sandbox::block_on(self.route_async(request))
+    }
+
+    /// Decides where a gateway request goes (route plugins).
+    pub async fn route_async(&self, request: &RequestHead) -> Result<RouteDecision, PluginError> {
         let Exports::Route(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Route)) };
-        self.invoke(self.call_deadline(), |store, instance| {
+        let (configured, settings) = (self.configured, self.settings.as_str());
+        self.invoke(self.call_deadline(), async |store, instance| {
             let guest = indices.load(&mut *store, instance)?;
-            if !self.configured
-                && let Err(message) = guest.call_configure(&mut *store, &self.settings)?
-            {
+            if !configured && let Err(message) = guest.call_configure(&mut *store, settings).await? {
                 return Ok(Err(message));
             }
-            Ok(Ok(guest.call_route(&mut *store, request)?))
+            Ok(Ok(guest.call_route(&mut *store, request).await?))
         })
+        .await
+    }
+
+    /// Checks a gateway request against the list (allowlist plugins). Blocking.
+    pub fn check_request(&self, request: &RequestHead, identity: &Identity) -> Result<AllowDecision, PluginError> {
+        sandbox::block_on(self.check_request_async(request, identity))
     }
 
     /// Checks a gateway request against the list (allowlist plugins).
-    pub fn check_request(&self, request: &RequestHead, identity: &Identity) -> Result<AllowDecision, PluginError> {
+    pub async fn check_request_async(
+        &self,
+        request: &RequestHead,
+        identity: &Identity,
+    ) -> Result<AllowDecision, PluginError> {
         let Exports::Allowlist(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Allowlist)) };
-        self.invoke(self.call_deadline(), |store, instance| {
+        let (configured, settings) = (self.configured, self.settings.as_str());
+        self.invoke(self.call_deadline(), async |store, instance| {
             let guest = indices.load(&mut *store, instance)?;
-            if !self.configured
-                && let Err(message) = guest.call_configure(&mut *store, &self.settings)?
-            {
+            if !configured && let Err(message) = guest.call_configure(&mut *store, settings).await? {
                 return Ok(Err(message));
             }
-            Ok(Ok(guest.call_check_request(&mut *store, request, identity)?))
+            Ok(Ok(guest.call_check_request(&mut *store, request, identity).await?))
         })
+        .await
     }
 
     /// Runs `f` on a fresh instance. `f` returns `Err(message)` when the
     /// plugin's `configure` refused its settings.
-    fn invoke<R>(
+    async fn invoke<R>(
         &self,
         deadline: Duration,
-        f: impl FnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<Result<R, String>>,
+        f: impl AsyncFnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, PluginError> {
-        match sandbox::call(&self.runtime, self.name(), &self.pre, deadline, f) {
+        match sandbox::call(&self.runtime, self.name(), &self.pre, deadline, f).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(message)) => Err(PluginError::Configure { plugin: self.name().to_string(), message }),
             Err(source) => Err(self.call_error(source)),

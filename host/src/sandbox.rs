@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Instance, InstancePre, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -82,24 +82,28 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// Runs `f` on a fresh instance of `pre` under `deadline`. `plugin` names the
-/// plugin in logs and errors.
-pub fn call<R>(
+/// Runs `f` on a fresh instance of `pre` under `deadline`. `plugin` names
+/// the plugin in logs and errors. The guest yields to the executor at every
+/// epoch tick and is interrupted once `deadline` has passed.
+pub async fn call<R>(
     runtime: &Runtime,
     plugin: &str,
     pre: &InstancePre<Sandbox>,
     deadline: Duration,
-    f: impl FnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<R>,
+    f: impl AsyncFnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, CallError> {
     let max_memory = runtime.options().max_memory_bytes;
     let mut store = Store::new(runtime.engine(), Sandbox::new(max_memory));
     store.limiter(|sandbox| &mut sandbox.limits);
-    store.set_epoch_deadline(Runtime::deadline_ticks(deadline));
-    store.epoch_deadline_trap();
-
     let started = Instant::now();
-    let result = match pre.instantiate(&mut store) {
-        Ok(instance) => f(&mut store, &instance).map_err(|e| classify(e, deadline, max_memory, &store)),
+    let end = started + deadline;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= end { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+    });
+
+    let result = match pre.instantiate_async(&mut store).await {
+        Ok(instance) => f(&mut store, &instance).await.map_err(|e| classify(e, deadline, max_memory, &store)),
         Err(e) => Err(match e.downcast_ref::<MemoryCapExceeded>() {
             Some(_) => CallError::MemoryCap { cap_mib: max_memory >> 20 },
             None => CallError::Instantiate(format!("{e:#}")),
@@ -108,6 +112,28 @@ pub fn call<R>(
     forward_output(plugin, &store);
     tracing::trace!(plugin, elapsed_us = started.elapsed().as_micros() as u64, "plugin call");
     result
+}
+
+/// Drives `future` to completion from synchronous code (loading, the CLI,
+/// tests) on a private current-thread runtime, in a thread of its own so
+/// that it works whether or not the caller is inside a tokio runtime.
+pub fn block_on<F: std::future::Future + Send>(future: F) -> F::Output
+where
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            // Building a current-thread runtime only fails when the OS refuses
+            // its timer or I/O driver: nothing can run without them.
+            runtime.map(|rt| rt.block_on(future))
+        });
+        match worker.join() {
+            Ok(Ok(output)) => output,
+            Ok(Err(error)) => panic!("cannot start an async runtime for a plugin call: {error}"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// Turns a failed call's error into what went wrong, for the operator.

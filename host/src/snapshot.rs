@@ -8,7 +8,6 @@
 //! taken on a separate async engine with its own epoch ticker; the result is
 //! plain component bytes that the serving engine compiles as usual.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Instance, Linker};
@@ -57,7 +56,7 @@ impl Snapshotter {
     /// Runs `configure(settings)` on `component` and returns the configured
     /// component. Blocking: call it from a blocking thread.
     pub fn configure(
-        self: &Arc<Self>,
+        &self,
         plugin: &str,
         component: &[u8],
         kind: Kind,
@@ -66,21 +65,7 @@ impl Snapshotter {
         deadline: Duration,
     ) -> Result<Vec<u8>, SnapshotError> {
         let interface = kind.export_name(contract_version);
-        // A thread of its own, with a runtime of its own: the caller may be a
-        // tokio blocking thread, where starting a runtime is not allowed.
-        let this = self.clone();
-        let outcome = std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| SnapshotError::Unsupported(e.to_string()))?;
-                    runtime.block_on(this.run(plugin, component, &interface, settings, deadline))
-                })
-                .join()
-        });
-        outcome.unwrap_or_else(|_| Err(SnapshotError::Unsupported("the snapshot thread panicked".into())))
+        sandbox::block_on(self.run(plugin, component, &interface, settings, deadline))
     }
 
     async fn run(

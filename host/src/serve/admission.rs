@@ -63,9 +63,8 @@ pub async fn handle(state: Arc<HostState>, req: Request<Incoming>) -> Response<F
     decide(&state, plugin, &review, request).await
 }
 
-/// Runs the plugin on a blocking thread, bounded by the instance permits,
-/// and turns its verdict, or its failure under the failure policy, into the
-/// response.
+/// Runs the plugin, bounded by the instance permits, and turns its verdict,
+/// or its failure under the failure policy, into the response.
 async fn decide(
     state: &HostState,
     plugin: Arc<Plugin>,
@@ -75,18 +74,14 @@ async fn decide(
     let started = Instant::now();
     let deadline = plugin.call_deadline();
     let outcome = match tokio::time::timeout(deadline, state.permits.clone().acquire_owned()).await {
-        Ok(Ok(permit)) => {
+        Ok(Ok(_permit)) => {
+            // The guest runs here, as a future that yields at every epoch
+            // tick: no thread hand-off, and a long guest never holds the
+            // worker thread.
             let remaining = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-            let runner = plugin.clone();
-            let joined = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                runner.validate_within(&request, remaining)
-            })
-            .await;
-            match joined {
-                Ok(Ok(verdict)) => admission::response(review, &plugin, verdict).map_err(Failure::Plugin),
-                Ok(Err(error)) => Err(Failure::Plugin(error)),
-                Err(join) => Err(Failure::Internal(format!("plugin call aborted: {join}"))),
+            match plugin.validate_async(&request, remaining).await {
+                Ok(verdict) => admission::response(review, &plugin, verdict).map_err(Failure::Plugin),
+                Err(error) => Err(Failure::Plugin(error)),
             }
         }
         Ok(Err(_closed)) => Err(Failure::Internal("host is shutting down".into())),
