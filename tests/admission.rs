@@ -584,8 +584,11 @@ async fn probes_answer_on_both_listeners() {
     }
     let plugins: Value =
         reqwest::get(format!("http://{}/plugins", server.metrics)).await.unwrap().json().await.unwrap();
-    let names: Vec<&str> = plugins.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = plugins["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["namespace-validation", "pod-validation", "regular-user-validation"]);
+    assert_eq!(plugins["plugins"][0]["snapshot"], true);
+    assert!(plugins["plugins"][0]["loadedAt"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(plugins["refused"], json!([]));
 }
 
 #[tokio::test]

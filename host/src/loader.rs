@@ -225,6 +225,7 @@ impl Loader {
             settings: settings.json,
             configured,
             settings_file: settings.file,
+            loaded_at: std::time::SystemTime::now(),
             exports,
             pre,
             runtime: self.runtime.clone(),

@@ -65,6 +65,9 @@ struct ServeArgs {
     /// API server may call.
     #[arg(long)]
     client_ca: Option<PathBuf>,
+    /// Do not watch the plugin directory (plugins change only on restart).
+    #[arg(long)]
+    no_watch: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -168,6 +171,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         admission_addr: args.admission_addr,
         metrics_addr: Some(args.metrics_addr),
         tls: TlsOptions { cert, client_ca: args.client_ca },
+        watch: !args.no_watch,
     };
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(tollgate::serve::run(options, stop_signal()))?;

@@ -36,6 +36,7 @@ pub struct Plugin {
     /// True when `pre` is a configured snapshot: calls skip `configure`.
     pub(crate) configured: bool,
     pub(crate) settings_file: Option<PathBuf>,
+    pub(crate) loaded_at: std::time::SystemTime,
     pub(crate) exports: Exports,
     pub(crate) pre: InstancePre<Sandbox>,
     pub(crate) runtime: Arc<Runtime>,
@@ -86,6 +87,16 @@ impl Plugin {
     /// The contract version it was built against.
     pub fn contract_version(&self) -> &str {
         &self.contract_version
+    }
+
+    /// When this version was loaded.
+    pub fn loaded_at(&self) -> std::time::SystemTime {
+        self.loaded_at
+    }
+
+    /// The settings it was configured with (JSON text).
+    pub fn settings_json(&self) -> &str {
+        &self.settings
     }
 
     /// True when requests run on a snapshot taken after `configure`.

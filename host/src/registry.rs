@@ -20,6 +20,12 @@ pub struct Registry {
 impl Registry {
     /// Adds a plugin, or refuses it when its name or admission path is taken.
     pub fn insert(&mut self, plugin: Plugin) -> Result<Arc<Plugin>, LoadError> {
+        self.insert_shared(Arc::new(plugin))
+    }
+
+    /// Adds a plugin another registry may also hold (a reload keeps the
+    /// unchanged ones), or refuses it like [`Registry::insert`].
+    pub fn insert_shared(&mut self, plugin: Arc<Plugin>) -> Result<Arc<Plugin>, LoadError> {
         let refuse = |what, value: &str, other: &Plugin| LoadError {
             file: plugin.origin().to_path_buf(),
             reason: Refusal::Duplicate { what, value: value.to_string(), other: other.origin().to_path_buf() },
@@ -33,7 +39,6 @@ impl Registry {
         {
             return Err(refuse("path", path, other));
         }
-        let plugin = Arc::new(plugin);
         self.plugins.insert(plugin.name().to_string(), plugin.clone());
         if let Some(path) = path {
             self.by_path.insert(path, plugin.clone());
@@ -54,6 +59,11 @@ impl Registry {
     /// Every plugin, by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Plugin>> {
         self.plugins.values()
+    }
+
+    /// The plugin loaded from `file`.
+    pub fn by_origin(&self, file: &std::path::Path) -> Option<&Arc<Plugin>> {
+        self.plugins.values().find(|p| p.origin() == file)
     }
 
     /// Plugins of one kind, by name.

@@ -29,6 +29,10 @@ pub struct PluginSummary<'a> {
     pub settings_file: Option<String>,
     /// Admission path, if it answers admission requests.
     pub admission_path: Option<String>,
+    /// When this version was loaded (seconds since the Unix epoch).
+    pub loaded_at: u64,
+    /// True when requests run on a configured snapshot.
+    pub snapshot: bool,
     /// Everything it declared.
     pub metadata: &'a PluginMetadata,
 }
@@ -43,18 +47,26 @@ impl<'a> From<&'a Plugin> for PluginSummary<'a> {
             contract: format!("{}@{}", crate::contract::PACKAGE, p.contract_version()),
             settings_file: p.settings_file().map(|f| f.display().to_string()),
             admission_path: p.metadata().admission_path(),
+            loaded_at: p.loaded_at().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            snapshot: p.is_snapshot(),
             metadata: p.metadata(),
         }
     }
 }
 
 /// A refused file.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RefusalSummary {
     /// The file.
     pub file: String,
     /// Why.
     pub reason: String,
+}
+
+impl From<&crate::error::LoadError> for RefusalSummary {
+    fn from(refused: &crate::error::LoadError) -> Self {
+        Self { file: refused.file.display().to_string(), reason: refused.reason.to_string() }
+    }
 }
 
 /// A whole load: plugins and refusals.
@@ -70,13 +82,20 @@ impl<'a> From<&'a LoadReport> for ReportSummary<'a> {
     fn from(report: &'a LoadReport) -> Self {
         Self {
             plugins: report.registry.iter().map(|p| PluginSummary::from(p.as_ref())).collect(),
-            refused: report
-                .refused
-                .iter()
-                .map(|r| RefusalSummary { file: r.file.display().to_string(), reason: r.reason.to_string() })
-                .collect(),
+            refused: report.refused.iter().map(RefusalSummary::from).collect(),
         }
     }
+}
+
+/// What a running server serves, and the files it refused last time it
+/// looked (the `/plugins` status endpoint).
+#[derive(Debug, Serialize)]
+pub struct ServingSummary<'a> {
+    /// Plugins serving, by name.
+    pub plugins: Vec<PluginSummary<'a>>,
+    /// Files refused by the latest load or rescan; for a file whose older
+    /// version is serving, this is why the new one is not.
+    pub refused: &'a [RefusalSummary],
 }
 
 /// Human-readable text for a load report.

@@ -16,7 +16,7 @@ use crate::error::{DirError, EngineError};
 use crate::loader::Loader;
 use crate::state::HostState;
 use crate::tls::{self, TlsError, TlsOptions};
-use crate::{bundled, summary};
+use crate::{bundled, reload, summary};
 
 /// Everything `tollgate serve` needs.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct ServeOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// TLS of the admission listener.
     pub tls: TlsOptions,
+    /// Watch the plugin directory and swap plugins live.
+    pub watch: bool,
 }
 
 /// Why the server could not start.
@@ -56,6 +58,9 @@ pub enum ServeError {
     /// Loading was interrupted.
     #[error("loading plugins failed: {0}")]
     Load(String),
+    /// The plugin directory cannot be watched.
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
 }
 
 /// Runs the servers until `stop` completes, then drains them.
@@ -93,10 +98,10 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     // Compiling is CPU work: keep it off the async threads so probes answer
     // (not ready) while plugins load.
     let loader = Loader::new(runtime);
-    let plugins = options.plugins.clone();
+    let (first, plugins) = (loader.clone(), options.plugins.clone());
     let report = tokio::task::spawn_blocking(move || match plugins {
-        Some(dir) => loader.load_dir(&dir),
-        None => Ok(bundled::load(&loader)),
+        Some(dir) => reload::initial(&first, &dir),
+        None => Ok(bundled::load(&first)),
     })
     .await
     .map_err(|e| ServeError::Load(e.to_string()))??;
@@ -113,8 +118,21 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         tracing::warn!(file = %refused.file.display(), reason = %refused.reason, "plugin refused");
     }
     let (loaded, refused) = (report.registry.len(), report.refused.len());
-    state.install(report);
+    state.count_loads(loaded, refused);
+    state.set_refused(&report.refused);
+    state.install(report.registry);
     tracing::info!(loaded, refused, "plugins ready");
+
+    if let (Some(dir), true) = (options.plugins.clone(), options.watch) {
+        let dir = reload::watched_dir(&dir);
+        tracing::info!(dir = %dir.display(), "watching for plugin changes");
+        servers.spawn({
+            let watcher = crate::watch::spawn(dir, loader, state.clone(), shutdown_rx.clone())?;
+            async move {
+                let _ = watcher.await;
+            }
+        });
+    }
 
     stop.await;
     tracing::info!("shutting down: no new connections, finishing requests in flight");
@@ -152,9 +170,12 @@ async fn metrics_endpoint(
         "/readyz" => text(503, "loading plugins"),
         "/plugins" => {
             let registry = state.registry();
-            let plugins: Vec<summary::PluginSummary<'_>> =
-                registry.iter().map(|p| summary::PluginSummary::from(p.as_ref())).collect();
-            match serde_json::to_string_pretty(&plugins) {
+            let refused = state.refused();
+            let status = summary::ServingSummary {
+                plugins: registry.iter().map(|p| summary::PluginSummary::from(p.as_ref())).collect(),
+                refused: refused.as_slice(),
+            };
+            match serde_json::to_string_pretty(&status) {
                 Ok(json) => {
                     let mut response = text(200, json);
                     response

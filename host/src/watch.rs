@@ -1,0 +1,92 @@
+//! Watching the plugin directory: file events (inotify on Linux) are
+//! debounced, then the directory is rescanned and the new registry swapped
+//! in. A slow periodic rescan catches anything the events missed.
+//!
+//! Whole-directory rescans make every way of changing a file look the same:
+//! written in place in several steps, written then renamed into place, or a
+//! Kubernetes ConfigMap/Secret volume swapping its `..data` symlink.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use crate::loader::Loader;
+use crate::reload;
+use crate::state::HostState;
+
+/// Quiet time after the last event before rescanning: copy tools and
+/// editors write a file in several steps.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Rescan this often even without events.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(30);
+
+/// Why the directory cannot be watched.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch plugin directory {}: {source}", dir.display())]
+pub struct WatchError {
+    /// The directory.
+    pub dir: PathBuf,
+    /// notify's error.
+    pub source: notify::Error,
+}
+
+/// Watches `dir` until `shutdown` turns true, swapping each rescan's result
+/// into `state`.
+pub fn spawn(
+    dir: PathBuf,
+    loader: Loader,
+    state: Arc<HostState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, WatchError> {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Any event means "look again"; the rescan finds out what changed.
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|source| WatchError { dir: dir.clone(), source })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|source| WatchError { dir: dir.clone(), source })?;
+
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher; // dropping it stops the events
+        loop {
+            tokio::select! {
+                event = events.recv() => if event.is_none() { break },
+                _ = tokio::time::sleep(RESCAN_EVERY) => {}
+                _ = shutdown.changed() => break,
+            }
+            // Wait for the burst to end.
+            loop {
+                tokio::select! {
+                    event = events.recv() => if event.is_none() { break },
+                    _ = tokio::time::sleep(DEBOUNCE) => break,
+                }
+            }
+            let started = Instant::now();
+            let (loader, dir, current) = (loader.clone(), dir.clone(), state.registry());
+            let rescanned = tokio::task::spawn_blocking(move || reload::rescan(&loader, &dir, &current)).await;
+            match rescanned {
+                Ok(Ok((registry, changes))) => {
+                    let loaded = changes.added.len() + changes.replaced.len();
+                    state.count_loads(loaded, changes.refused.len());
+                    state.set_refused(&changes.refused);
+                    reload::log(&changes);
+                    if !changes.is_empty() {
+                        state.install(registry);
+                        tracing::info!(
+                            plugins = state.registry().len(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "registry swapped"
+                        );
+                    }
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "rescan failed; plugins keep serving"),
+                Err(error) => tracing::error!(%error, "rescan aborted; plugins keep serving"),
+            }
+        }
+    }))
+}
