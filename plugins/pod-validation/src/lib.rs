@@ -88,7 +88,7 @@ fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
     }
     // 3. Customer pods may not tolerate the blocked taints.
     let blocked = pod.spec.tolerations.iter().find(|t| {
-        s.blocked_toleration_keys.iter().any(|k| *k == t.key) && s.blocked_effects.iter().any(|e| *e == t.effect)
+        s.blocked_toleration_keys.contains(&t.key) && s.blocked_effects.contains(&t.effect)
     });
     if let Some(t) = blocked {
         return Decision::deny(format!(
