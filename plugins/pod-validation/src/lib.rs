@@ -87,9 +87,11 @@ fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
         return Decision::allow();
     }
     // 3. Customer pods may not tolerate the blocked taints.
-    let blocked = pod.spec.tolerations.iter().find(|t| {
-        s.blocked_toleration_keys.contains(&t.key) && s.blocked_effects.contains(&t.effect)
-    });
+    let blocked = pod
+        .spec
+        .tolerations
+        .iter()
+        .find(|t| s.blocked_toleration_keys.contains(&t.key) && s.blocked_effects.contains(&t.effect));
     if let Some(t) = blocked {
         return Decision::deny(format!(
             "Not allowed to schedule a pod with {} {} toleration on an infra or control-plane node",
