@@ -176,7 +176,7 @@ fn serve_until(args: &[&str], marker: &str) -> (Child, Vec<String>) {
     let ca = std::env::temp_dir().join(format!("tollgate-cli-test-{}-ca.pem", std::process::id()));
     let mut child = Command::new(TOLLGATE)
         .arg("serve")
-        .args(["--admission-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--admission-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--no-cache"])
         .arg("--ca-out")
         .arg(ca)
         .args(args)

@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod bundled;
+pub mod cache;
 pub mod contract;
 pub mod engine;
 pub mod error;

@@ -11,6 +11,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre};
 
+use crate::cache::CodeCache;
 use crate::contract::{self, Kind, admission, allowlist, route};
 use crate::engine::Runtime;
 use crate::error::{DirError, LoadError, Refusal};
@@ -87,12 +88,20 @@ impl Settings {
 #[derive(Clone)]
 pub struct Loader {
     runtime: Arc<Runtime>,
+    cache: Option<Arc<CodeCache>>,
 }
 
 impl Loader {
-    /// A loader for `runtime`.
+    /// A loader for `runtime`, without a compiled-code cache.
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime }
+        Self { runtime, cache: None }
+    }
+
+    /// Keeps compiled plugins in `cache`, so an unchanged file is never
+    /// compiled again.
+    pub fn with_cache(mut self, cache: Arc<CodeCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// The runtime plugins are loaded into.
@@ -119,6 +128,7 @@ impl Loader {
             kind = %plugin.kind(),
             file = %origin.display(),
             hash = &plugin.hash()[..12],
+            cached = plugin.from_cache(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "plugin loaded"
         );
@@ -144,6 +154,30 @@ impl Loader {
     fn check(&self, origin: &Path, bytes: &[u8], settings: Settings) -> Result<Plugin, Refusal> {
         sniff(bytes)?;
         let engine = self.runtime.engine();
+        let hash = hex::encode(Sha256::digest(bytes));
+        let key = self.cache.as_ref().map(|cache| cache.key(&hash, &settings.json));
+        if let (Some(cache), Some(key)) = (&self.cache, &key)
+            && let Some(hit) = cache.get(key, engine)
+        {
+            let kind = hit.metadata.kind();
+            let link = |e: wasmtime::Error| Refusal::Link { kind, reason: format!("{e:#}") };
+            let pre = self.runtime.linker().instantiate_pre(&hit.component).map_err(link)?;
+            let exports = indices(kind, &pre).map_err(link)?;
+            return Ok(Plugin {
+                origin: origin.to_path_buf(),
+                hash,
+                contract_version: hit.contract_version,
+                metadata: hit.metadata,
+                settings: settings.json,
+                configured: hit.configured,
+                settings_file: settings.file,
+                loaded_at: std::time::SystemTime::now(),
+                from_cache: true,
+                exports,
+                pre,
+                runtime: self.runtime.clone(),
+            });
+        }
         let component = Component::new(engine, bytes).map_err(|e| Refusal::Compile(format!("{e:#}")))?;
         let (kind, contract_version) = world_of(&component, engine)?;
         let link = |e: wasmtime::Error| Refusal::Link { kind, reason: format!("{e:#}") };
@@ -187,13 +221,13 @@ impl Loader {
             }
             None => None,
         };
-        let (pre, exports, configured) = match snapshot {
+        let (pre, exports, configured, component) = match snapshot {
             Some(configured) => {
                 let component = Component::new(engine, &configured)
                     .map_err(|e| Refusal::Compile(format!("configured snapshot: {e:#}")))?;
                 let pre = self.runtime.linker().instantiate_pre(&component).map_err(link)?;
                 let exports = indices(kind, &pre).map_err(link)?;
-                (pre, exports, true)
+                (pre, exports, true, component)
             }
             None => {
                 let json = settings.json.as_str();
@@ -213,19 +247,23 @@ impl Loader {
                     }))
                     .map_err(Refusal::Configure)?;
                 accepted.map_err(Refusal::Settings)?;
-                (pre, exports, false)
+                (pre, exports, false, component)
             }
         };
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            cache.put(key, &component, &metadata, &contract_version, configured);
+        }
 
         Ok(Plugin {
             origin: origin.to_path_buf(),
-            hash: hex::encode(Sha256::digest(bytes)),
+            hash,
             contract_version,
             metadata,
             settings: settings.json,
             configured,
             settings_file: settings.file,
             loaded_at: std::time::SystemTime::now(),
+            from_cache: false,
             exports,
             pre,
             runtime: self.runtime.clone(),

@@ -68,6 +68,13 @@ struct ServeArgs {
     /// Do not watch the plugin directory (plugins change only on restart).
     #[arg(long)]
     no_watch: bool,
+    /// Where compiled plugins are kept between runs (default:
+    /// $XDG_CACHE_HOME/tollgate, or ~/.cache/tollgate).
+    #[arg(long, env = "TOLLGATE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every plugin at every start.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -172,10 +179,19 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         metrics_addr: Some(args.metrics_addr),
         tls: TlsOptions { cert, client_ca: args.client_ca },
         watch: !args.no_watch,
+        cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(default_cache_dir) },
     };
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(tollgate::serve::run(options, stop_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// $XDG_CACHE_HOME/tollgate, else ~/.cache/tollgate, else none.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("tollgate"))
 }
 
 /// Ctrl-C, or SIGTERM as Kubernetes sends when it stops a pod.

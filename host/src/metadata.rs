@@ -1,12 +1,12 @@
 //! What a plugin declares about itself, as one type over the three kinds.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::contract::Kind;
 use crate::contract::types::{AdmissionMetadata, AllowlistMetadata, PluginInfo, RouteMetadata, Webhook};
 
 /// A plugin's metadata, whatever its kind.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum PluginMetadata {
     /// An admission plugin's metadata.

@@ -37,6 +37,7 @@ pub struct Plugin {
     pub(crate) configured: bool,
     pub(crate) settings_file: Option<PathBuf>,
     pub(crate) loaded_at: std::time::SystemTime,
+    pub(crate) from_cache: bool,
     pub(crate) exports: Exports,
     pub(crate) pre: InstancePre<Sandbox>,
     pub(crate) runtime: Arc<Runtime>,
@@ -92,6 +93,11 @@ impl Plugin {
     /// When this version was loaded.
     pub fn loaded_at(&self) -> std::time::SystemTime {
         self.loaded_at
+    }
+
+    /// True when its compiled code came from the on-disk cache.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
     }
 
     /// The settings it was configured with (JSON text).

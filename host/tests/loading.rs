@@ -417,3 +417,43 @@ fn a_directory_that_cannot_be_read_is_an_error() {
     let err = loader().load_dir(&missing).unwrap_err();
     assert!(err.to_string().contains("cannot read plugin directory /nonexistent/tollgate-plugins"), "{err}");
 }
+
+#[test]
+fn compiled_plugins_are_cached_and_a_corrupt_entry_is_rebuilt() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let with_cache = || {
+        let loader = loader();
+        let cache = tollgate::cache::CodeCache::open(cache_dir.path(), loader.runtime().engine()).unwrap();
+        loader.with_cache(Arc::new(cache))
+    };
+    let bytes = std::fs::read(guests::NAMESPACE_VALIDATION).unwrap();
+    let settings = || Settings { json: guard_settings().to_string(), file: None };
+    let review = namespace_review("DELETE", "kube-system", "alice", &[]);
+
+    let first = with_cache().load_bytes(Path::new("guard.wasm"), &bytes, settings()).unwrap();
+    assert!(!first.from_cache());
+    let second = with_cache().load_bytes(Path::new("guard.wasm"), &bytes, settings()).unwrap();
+    assert!(second.from_cache(), "an unchanged file is not compiled again");
+    assert!(second.is_snapshot());
+    assert_eq!(second.metadata(), first.metadata());
+    assert_eq!(decide(&second, &review).unwrap(), decide(&first, &review).unwrap());
+
+    // Other settings are another entry: the snapshot holds the settings.
+    let open = Settings { json: guard_settings_with(json!({"protectedNamespaces": []})).to_string(), file: None };
+    let third = with_cache().load_bytes(Path::new("guard.wasm"), &bytes, open).unwrap();
+    assert!(!third.from_cache());
+    assert!(decide(&third, &review).unwrap().allowed);
+
+    // A corrupt entry is ignored and rebuilt.
+    for entry in std::fs::read_dir(cache_dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            std::fs::write(&path, b"corrupt").unwrap();
+        }
+    }
+    let rebuilt = with_cache().load_bytes(Path::new("guard.wasm"), &bytes, settings()).unwrap();
+    assert!(!rebuilt.from_cache());
+    assert!(!decide(&rebuilt, &review).unwrap().allowed);
+    let again = with_cache().load_bytes(Path::new("guard.wasm"), &bytes, settings()).unwrap();
+    assert!(again.from_cache(), "the rebuilt entry is used next time");
+}

@@ -67,6 +67,8 @@ impl Server {
             .args(["--admission-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
             .arg("--ca-out")
             .arg(&ca_file)
+            .arg("--cache-dir")
+            .arg(scratch.path().join("cache"))
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cache::CodeCache;
 use crate::engine::{EngineOptions, Runtime};
 use crate::error::{DirError, EngineError};
 use crate::loader::Loader;
@@ -33,6 +34,8 @@ pub struct ServeOptions {
     pub tls: TlsOptions,
     /// Watch the plugin directory and swap plugins live.
     pub watch: bool,
+    /// Keep compiled plugins here (`None`: compile every time).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Why the server could not start.
@@ -97,7 +100,15 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
 
     // Compiling is CPU work: keep it off the async threads so probes answer
     // (not ready) while plugins load.
-    let loader = Loader::new(runtime);
+    let mut loader = Loader::new(runtime.clone());
+    if let Some(dir) = &options.cache_dir {
+        match CodeCache::open(dir, runtime.engine()) {
+            Ok(cache) => loader = loader.with_cache(Arc::new(cache)),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "compiled-code cache unavailable; compiling every time")
+            }
+        }
+    }
     let (first, plugins) = (loader.clone(), options.plugins.clone());
     let report = tokio::task::spawn_blocking(move || match plugins {
         Some(dir) => reload::initial(&first, &dir),
