@@ -127,6 +127,12 @@ async fn plugins_are_added_changed_and_removed_live() {
 
     let metrics = server.metrics_text().await;
     assert!(metrics.contains("tollgate_plugin_loads_total{result=\"refused\"}"), "{metrics}");
+    for change in ["added", "swapped", "removed"] {
+        assert!(
+            metrics.contains(&format!("tollgate_plugin_changes_total{{change=\"{change}\"}}")),
+            "{change}: {metrics}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -48,6 +48,13 @@ pub struct LoadLabels {
     pub result: &'static str,
 }
 
+/// A change to the serving set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    /// added, swapped or removed.
+    pub change: &'static str,
+}
+
 /// A plugin kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -72,6 +79,8 @@ pub struct Metrics {
     pub plugin_loads: Family<LoadLabels, Counter>,
     /// Plugins serving, by kind.
     pub plugins: Family<KindLabels, Gauge>,
+    /// Plugins added, swapped or removed while serving.
+    pub plugin_changes: Family<ChangeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -89,12 +98,14 @@ impl Default for Metrics {
         let rejected_requests = Family::<RejectLabels, Counter>::default();
         let plugin_loads = Family::<LoadLabels, Counter>::default();
         let plugins = Family::<KindLabels, Gauge>::default();
+        let plugin_changes = Family::<ChangeLabels, Counter>::default();
         registry.register("admission_requests", "Admission requests answered", admission_requests.clone());
         registry.register("admission_seconds", "Time to answer an admission request", admission_seconds.clone());
         registry.register("plugin_failures", "Plugin calls that trapped, timed out or failed", plugin_failures.clone());
         registry.register("rejected_requests", "Requests refused before a plugin ran", rejected_requests.clone());
         registry.register("plugin_loads", "Plugin files loaded or refused", plugin_loads.clone());
         registry.register("plugins", "Plugins serving", plugins.clone());
+        registry.register("plugin_changes", "Plugins added, swapped or removed while serving", plugin_changes.clone());
         Self {
             registry,
             admission_requests,
@@ -103,6 +114,7 @@ impl Default for Metrics {
             rejected_requests,
             plugin_loads,
             plugins,
+            plugin_changes,
         }
     }
 }

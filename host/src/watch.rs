@@ -14,6 +14,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use crate::loader::Loader;
+use crate::metrics::ChangeLabels;
 use crate::reload;
 use crate::state::HostState;
 
@@ -33,15 +34,17 @@ pub struct WatchError {
     pub source: notify::Error,
 }
 
-/// Watches `dir` until `shutdown` turns true, swapping each rescan's result
-/// into `state`.
-pub fn spawn(
+/// A directory being watched; events queue up until [`DirWatch::run`].
+pub struct DirWatch {
     dir: PathBuf,
-    loader: Loader,
-    state: Arc<HostState>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, WatchError> {
-    let (tx, mut events) = mpsc::unbounded_channel();
+    watcher: notify::RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<()>,
+}
+
+/// Starts watching `dir`. Call this before the initial scan, so that a file
+/// changed between that scan and [`DirWatch::run`] is not missed.
+pub fn start(dir: PathBuf) -> Result<DirWatch, WatchError> {
+    let (tx, events) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Any event means "look again"; the rescan finds out what changed.
         if event.is_ok() {
@@ -50,8 +53,33 @@ pub fn spawn(
     })
     .map_err(|source| WatchError { dir: dir.clone(), source })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|source| WatchError { dir: dir.clone(), source })?;
+    Ok(DirWatch { dir, watcher, events })
+}
 
-    Ok(tokio::spawn(async move {
+impl DirWatch {
+    /// Rescans on every (debounced) change until `shutdown` turns true,
+    /// swapping each result into `state`. Call it once the initial scan is
+    /// installed.
+    pub fn run(
+        self,
+        loader: Loader,
+        state: Arc<HostState>,
+        shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let DirWatch { dir, watcher, events } = self;
+        spawn_loop(dir, watcher, events, loader, state, shutdown)
+    }
+}
+
+fn spawn_loop(
+    dir: PathBuf,
+    watcher: notify::RecommendedWatcher,
+    mut events: mpsc::UnboundedReceiver<()>,
+    loader: Loader,
+    state: Arc<HostState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let _watcher = watcher; // dropping it stops the events
         loop {
             tokio::select! {
@@ -74,6 +102,13 @@ pub fn spawn(
                     let loaded = changes.added.len() + changes.replaced.len();
                     state.count_loads(loaded, changes.refused.len());
                     state.set_refused(&changes.refused);
+                    for (change, count) in [
+                        ("added", changes.added.len()),
+                        ("swapped", changes.replaced.len()),
+                        ("removed", changes.removed.len()),
+                    ] {
+                        state.metrics.plugin_changes.get_or_create(&ChangeLabels { change }).inc_by(count as u64);
+                    }
                     reload::log(&changes);
                     if !changes.is_empty() {
                         state.install(registry);
@@ -88,5 +123,5 @@ pub fn spawn(
                 Err(error) => tracing::error!(%error, "rescan aborted; plugins keep serving"),
             }
         }
-    }))
+    })
 }

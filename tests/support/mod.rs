@@ -43,6 +43,8 @@ pub fn install_reference(dir: &Path, plugin: &str, guest: &str) {
 /// A running `tollgate serve`, killed when dropped.
 pub struct Server {
     child: Child,
+    /// When the process was started.
+    pub started: std::time::Instant,
     /// The admission listener.
     pub admission: SocketAddr,
     /// The metrics listener.
@@ -56,9 +58,15 @@ pub struct Server {
 
 impl Server {
     /// Starts `tollgate serve --plugins dir` plus `args`, and waits until its
-    /// plugins are loaded.
+    /// plugins are loaded. Its compiled-code cache is private to it.
     pub fn start(plugins: &Path, args: &[&str]) -> Server {
+        Self::start_with_cache(plugins, None, args)
+    }
+
+    /// Like [`Server::start`], with the compiled-code cache in `cache`.
+    pub fn start_with_cache(plugins: &Path, cache: Option<&Path>, args: &[&str]) -> Server {
         let scratch = tempfile::tempdir().expect("temp dir");
+        let cache = cache.map(Path::to_path_buf).unwrap_or_else(|| scratch.path().join("cache"));
         let ca_file = scratch.path().join("ca.pem");
         let mut child = Command::new(TOLLGATE)
             .arg("serve")
@@ -68,13 +76,14 @@ impl Server {
             .arg("--ca-out")
             .arg(&ca_file)
             .arg("--cache-dir")
-            .arg(scratch.path().join("cache"))
+            .arg(&cache)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tollgate serve");
+        let started = std::time::Instant::now();
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -102,6 +111,7 @@ impl Server {
         }
         Server {
             child,
+            started,
             admission: admission.expect("admission address logged"),
             metrics: metrics.expect("metrics address logged"),
             ca_file,
@@ -124,6 +134,11 @@ impl Server {
     pub async fn metrics_text(&self) -> String {
         let url = format!("http://{}/metrics", self.metrics);
         plain().get(url).send().await.expect("metrics reachable").text().await.expect("metrics text")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// True while the process runs.

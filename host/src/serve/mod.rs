@@ -109,6 +109,12 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
             }
         }
     }
+    // Watch before the first scan: a change made while it runs is then
+    // picked up right after, instead of at the next periodic rescan.
+    let watching = match (&options.plugins, options.watch) {
+        (Some(dir), true) => Some(crate::watch::start(reload::watched_dir(dir))?),
+        _ => None,
+    };
     let (first, plugins) = (loader.clone(), options.plugins.clone());
     let report = tokio::task::spawn_blocking(move || match plugins {
         Some(dir) => reload::initial(&first, &dir),
@@ -134,14 +140,11 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     state.install(report.registry);
     tracing::info!(loaded, refused, "plugins ready");
 
-    if let (Some(dir), true) = (options.plugins.clone(), options.watch) {
-        let dir = reload::watched_dir(&dir);
-        tracing::info!(dir = %dir.display(), "watching for plugin changes");
-        servers.spawn({
-            let watcher = crate::watch::spawn(dir, loader, state.clone(), shutdown_rx.clone())?;
-            async move {
-                let _ = watcher.await;
-            }
+    if let Some(watching) = watching {
+        tracing::info!(dir = %options.plugins.as_deref().unwrap_or(std::path::Path::new("")).display(), "watching for plugin changes");
+        let watcher = watching.run(loader, state.clone(), shutdown_rx.clone());
+        servers.spawn(async move {
+            let _ = watcher.await;
         });
     }
 

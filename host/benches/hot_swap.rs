@@ -1,0 +1,113 @@
+//! Hot swap, measured on the real binary: start-up time and resident memory
+//! with 1, 10 and 100 plugin files, cold and with the compiled-code cache;
+//! and swap latency (settings file written -> first answer from the new
+//! version) over 100 swaps while a client keeps sending requests, with the
+//! number of requests that failed. Run: `cargo bench -p tollgate --bench hot_swap`.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Server, client, guests};
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn startup() {
+    println!("start-up: process start -> plugins ready (pod-validation copies, each with its own settings so");
+    println!("that each is compiled and snapshotted; all but one are refused as duplicate names after loading");
+    println!("in full, which is the work measured)");
+    for n in [1usize, 10, 100] {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = std::fs::read_to_string(support::shipped_settings("pod-validation")).unwrap();
+        for i in 0..n {
+            let mut settings: Value = serde_json::from_str(&shipped).unwrap();
+            settings["protectedNamespaces"].as_array_mut().unwrap().push(json!(format!("^bench-{i}$")));
+            support::install(dir.path(), &format!("p{i:03}"), guests::POD_VALIDATION, Some(&settings.to_string()));
+        }
+        let cache = tempfile::tempdir().unwrap();
+        for run in ["cold", "cached"] {
+            let server = Server::start_with_cache(dir.path(), Some(cache.path()), &["--no-watch"]);
+            let elapsed = server.started.elapsed();
+            println!(
+                "  {n:>3} plugins, {run:<6}: {:>8.1} ms, RSS {:>6.1} MiB",
+                elapsed.as_secs_f64() * 1e3,
+                rss_mib(server.pid())
+            );
+        }
+    }
+}
+
+fn review(uid: &str) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": uid, "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+        "resource": {"group": "", "version": "v1", "resource": "configmaps"}, "namespace": "team-a",
+        "operation": "CREATE", "userInfo": {"username": "alice"}, "object": {"metadata": {"name": "c"}}}})
+}
+
+async fn swaps() {
+    const SWAPS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("a.settings.json");
+    std::fs::write(&settings, r#"{"validate": "echo"}"#).unwrap();
+    std::fs::copy(guests::MISBEHAVE, dir.path().join("a.wasm")).unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = client(&server.ca(), None);
+    let url = server.url("/validate/misbehave");
+
+    // Background load: a client sending continuously, counting failures.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let (mut sent, mut failed) = (0u64, 0u64);
+            while !*stop_rx.borrow() {
+                sent += 1;
+                match http.post(&url).json(&review("load")).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    _ => failed += 1,
+                }
+            }
+            (sent, failed)
+        }
+    });
+
+    let mut latencies = Vec::with_capacity(SWAPS);
+    for i in 0..SWAPS {
+        let allow = i % 2 == 1;
+        let text = if allow { r#"{"validate": "echo"}"# } else { r#"{"validate": "fail"}"# };
+        let written = Instant::now();
+        std::fs::write(&settings, text).unwrap();
+        loop {
+            let body: Value = http.post(&url).json(&review("probe")).send().await.unwrap().json().await.unwrap();
+            if body["response"]["allowed"].as_bool() == Some(allow) {
+                break;
+            }
+            assert!(written.elapsed() < Duration::from_secs(60), "swap {i} never served");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        latencies.push(written.elapsed());
+    }
+    let _ = stop_tx.send(true);
+    let (sent, failed) = load.await.unwrap();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
+    println!("swap latency over {SWAPS} swaps (file written -> first answer from the new version), under load:");
+    println!("  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", pct(0.5), pct(0.99), pct(1.0));
+    println!("  background requests: {sent} sent, {failed} failed");
+}
+
+fn main() {
+    // `cargo bench` passes flags such as --bench; this bench takes none.
+    startup();
+    tokio::runtime::Runtime::new().unwrap().block_on(swaps());
+}
