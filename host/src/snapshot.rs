@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use wasmtime::component::{Component, Instance, Linker};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Config, Engine, OptLevel, Store};
 
 use crate::contract::Kind;
 use crate::engine::EpochTicker;
@@ -45,7 +45,9 @@ impl Snapshotter {
     /// An engine for snapshots, with the same memory cap as serving.
     pub fn new(max_memory_bytes: usize) -> Result<Self, String> {
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        // The instrumented component runs once (configure, then Wizer reads
+        // its state back): compiling it fast beats compiling it well.
+        config.wasm_component_model(true).epoch_interruption(true).cranelift_opt_level(OptLevel::None);
         let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
