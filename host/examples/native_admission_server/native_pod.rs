@@ -4,6 +4,7 @@
 //! criterion bench.
 
 use openshift_rules::Patterns;
+use openshift_rules::pod::Pod;
 use serde::Deserialize;
 use tollgate::contract::types::AdmissionRequest;
 
@@ -15,30 +16,6 @@ pub struct Policy {
     customer_namespace_substrings: Vec<String>,
     blocked_toleration_keys: Vec<String>,
     blocked_effects: Vec<String>,
-}
-
-/// Just what the rules read of a Pod: serde skips the rest without
-/// building it.
-#[derive(Deserialize)]
-struct Pod {
-    #[serde(default)]
-    metadata: openshift_rules::ObjectMeta,
-    #[serde(default)]
-    spec: Spec,
-}
-
-#[derive(Deserialize, Default)]
-struct Spec {
-    #[serde(default)]
-    tolerations: Vec<Toleration>,
-}
-
-#[derive(Deserialize)]
-struct Toleration {
-    #[serde(default)]
-    key: String,
-    #[serde(default)]
-    effect: String,
 }
 
 impl Policy {

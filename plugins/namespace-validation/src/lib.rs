@@ -3,9 +3,7 @@
 //! below are the reference's, decided top to bottom; every name, group and
 //! pattern comes from the settings file.
 
-use std::cell::RefCell;
-
-use openshift_rules::{Decision, Object, Patterns, has_any_group, has_group, parse_object, parse_settings};
+use openshift_rules::{Decision, Object, Patterns, has_any_group, has_group, parse_object};
 use serde::Deserialize;
 
 wit_bindgen::generate!({ path: "../../wit", world: "admission-plugin" });
@@ -37,12 +35,6 @@ struct Settings {
     /// Labels only administrators may set, change or remove.
     protected_labels: Vec<String>,
 }
-
-thread_local! {
-    static SETTINGS: RefCell<Option<Settings>> = const { RefCell::new(None) };
-}
-
-struct NamespaceValidation;
 
 fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
     let user = &req.user_info;
@@ -117,67 +109,48 @@ fn protected_label_change(s: &Settings, op: Operation, new: Option<&Object>, old
     }
 }
 
-fn verdict(d: Decision) -> Verdict {
-    Verdict { allowed: d.allowed, code: d.code, message: d.message, warnings: vec![], patch: None }
-}
-
-impl Guest for NamespaceValidation {
-    fn metadata() -> AdmissionMetadata {
-        AdmissionMetadata {
-            info: PluginInfo {
-                name: "namespace-validation".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                summary: "Protects platform namespaces and their managed labels from non-administrators.".into(),
-                doc: "Decides Namespace CREATE, UPDATE and DELETE, first match wins:\n\
-                      1. allow administrators (users and groups from settings);\n\
-                      2. allow privileged platform service-account groups;\n\
-                      3. take the namespace name from the current object (old for UPDATE/DELETE);\n\
-                      4. allow the layered-product group on namespaces with its prefix;\n\
-                      5. deny protected namespaces;\n\
-                      6. deny names that would break DNS (`com`, `io`, `in`);\n\
-                      7. deny setting protected labels on CREATE, and changing their number or values on UPDATE;\n\
-                      8. allow.\n\
-                      Requests without a username or for another kind are refused with code 400."
+fn metadata() -> AdmissionMetadata {
+    AdmissionMetadata {
+        info: PluginInfo {
+            name: "namespace-validation".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            summary: "Protects platform namespaces and their managed labels from non-administrators.".into(),
+            doc: "Decides Namespace CREATE, UPDATE and DELETE, first match wins:\n\
+                  1. allow administrators (users and groups from settings);\n\
+                  2. allow privileged platform service-account groups;\n\
+                  3. take the namespace name from the current object (old for UPDATE/DELETE);\n\
+                  4. allow the layered-product group on namespaces with its prefix;\n\
+                  5. deny protected namespaces;\n\
+                  6. deny names that would break DNS (`com`, `io`, `in`);\n\
+                  7. deny setting protected labels on CREATE, and changing their number or values on UPDATE;\n\
+                  8. allow.\n\
+                  Requests without a username or for another kind are refused with code 400."
+                .into(),
+            settings_doc: Some(
+                "`protectedNamespaces` and `privilegedServiceAccountGroups`: regular expressions. \
+                 `adminUsers`, `adminGroups`: always allowed. `layeredProductGroup` and \
+                 `layeredProductPrefix`. `reservedNames`. `protectedLabels`."
                     .into(),
-                settings_doc: Some(
-                    "`protectedNamespaces` and `privilegedServiceAccountGroups`: regular expressions. \
-                     `adminUsers`, `adminGroups`: always allowed. `layeredProductGroup` and \
-                     `layeredProductPrefix`. `reservedNames`. `protectedLabels`."
-                        .into(),
-                ),
-            },
-            webhook: Webhook {
-                rules: vec![Rule {
-                    operations: vec![Operation::Create, Operation::Update, Operation::Delete],
-                    api_groups: vec!["".into()],
-                    api_versions: vec!["*".into()],
-                    resources: vec!["namespaces".into()],
-                    scope: Scope::Cluster,
-                }],
-                failure_policy: FailurePolicy::Ignore,
-                match_policy: MatchPolicy::Equivalent,
-                side_effects: SideEffects::None,
-                timeout_seconds: 2,
-                namespace_selector: None,
-                object_selector: None,
-                path: None,
-                mutating: false,
-            },
-        }
-    }
-
-    fn configure(settings: String) -> Result<(), String> {
-        let parsed: Settings = parse_settings(&settings)?;
-        SETTINGS.with(|s| *s.borrow_mut() = Some(parsed));
-        Ok(())
-    }
-
-    fn validate(req: AdmissionRequest) -> Verdict {
-        SETTINGS.with(|s| match s.borrow().as_ref() {
-            Some(settings) => verdict(decide(settings, &req)),
-            None => verdict(Decision { allowed: false, code: Some(500), message: Some("not configured".into()) }),
-        })
+            ),
+        },
+        webhook: Webhook {
+            rules: vec![Rule {
+                operations: vec![Operation::Create, Operation::Update, Operation::Delete],
+                api_groups: vec!["".into()],
+                api_versions: vec!["*".into()],
+                resources: vec!["namespaces".into()],
+                scope: Scope::Cluster,
+            }],
+            failure_policy: FailurePolicy::Ignore,
+            match_policy: MatchPolicy::Equivalent,
+            side_effects: SideEffects::None,
+            timeout_seconds: 2,
+            namespace_selector: None,
+            object_selector: None,
+            path: None,
+            mutating: false,
+        },
     }
 }
 
-export!(NamespaceValidation);
+openshift_rules::admission_plugin!(NamespaceValidation, settings: Settings, metadata: metadata(), decide: decide);

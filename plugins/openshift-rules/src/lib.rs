@@ -10,6 +10,89 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
+/// Just what the rules read of a Pod: serde skips the rest without
+/// building it.
+pub mod pod {
+    use serde::Deserialize;
+
+    /// A Pod's metadata and tolerations.
+    #[derive(Deserialize)]
+    pub struct Pod {
+        /// `metadata`.
+        #[serde(default)]
+        pub metadata: super::ObjectMeta,
+        /// `spec`, tolerations only.
+        #[serde(default)]
+        pub spec: PodSpec,
+    }
+
+    /// The tolerations of a pod spec.
+    #[derive(Deserialize, Default)]
+    pub struct PodSpec {
+        /// `tolerations`.
+        #[serde(default)]
+        pub tolerations: Vec<Toleration>,
+    }
+
+    /// One toleration.
+    #[derive(Deserialize)]
+    pub struct Toleration {
+        /// `key` (empty matches every key).
+        #[serde(default)]
+        pub key: String,
+        /// `effect`.
+        #[serde(default)]
+        pub effect: String,
+    }
+}
+
+/// Implements the contract's admission interface for a plugin crate: keeps
+/// the settings `configure` parsed (serde, into `$settings`) and answers
+/// `validate` with `$decide(&settings, &request) -> Decision`. Expand it in
+/// the plugin's crate root after `wit_bindgen::generate!`, whose types
+/// (`Guest`, `AdmissionMetadata`, `AdmissionRequest`, `Verdict`) and
+/// `export!` it uses.
+#[macro_export]
+macro_rules! admission_plugin {
+    ($plugin:ident, settings: $settings:ty, metadata: $metadata:expr, decide: $decide:path $(,)?) => {
+        thread_local! {
+            static SETTINGS: ::std::cell::RefCell<Option<$settings>> = const { ::std::cell::RefCell::new(None) };
+        }
+
+        struct $plugin;
+
+        impl Guest for $plugin {
+            fn metadata() -> AdmissionMetadata {
+                $metadata
+            }
+
+            fn configure(settings: String) -> Result<(), String> {
+                let parsed: $settings = $crate::parse_settings(&settings)?;
+                SETTINGS.with(|s| *s.borrow_mut() = Some(parsed));
+                Ok(())
+            }
+
+            fn validate(request: AdmissionRequest) -> Verdict {
+                let decision = SETTINGS.with(|s| match s.borrow().as_ref() {
+                    Some(settings) => $decide(settings, &request),
+                    None => {
+                        $crate::Decision { allowed: false, code: Some(500), message: Some("not configured".into()) }
+                    }
+                });
+                Verdict {
+                    allowed: decision.allowed,
+                    code: decision.code,
+                    message: decision.message,
+                    warnings: vec![],
+                    patch: None,
+                }
+            }
+        }
+
+        export!($plugin);
+    };
+}
+
 /// A decision, converted by each plugin into its contract's `verdict`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {

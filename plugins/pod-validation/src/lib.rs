@@ -3,9 +3,8 @@
 //! those nodes (OpenShift's managed pod webhook). The user is not
 //! considered; DELETE inspects the old pod too, as the reference does.
 
-use std::cell::RefCell;
-
-use openshift_rules::{Decision, Patterns, parse_settings};
+use openshift_rules::pod::Pod;
+use openshift_rules::{Decision, Patterns};
 use serde::Deserialize;
 
 wit_bindgen::generate!({ path: "../../wit", world: "admission-plugin" });
@@ -30,37 +29,7 @@ struct Settings {
     blocked_effects: Vec<String>,
 }
 
-thread_local! {
-    static SETTINGS: RefCell<Option<Settings>> = const { RefCell::new(None) };
-}
-
 /// Just the tolerations of a pod spec.
-/// Just what the rules read of a Pod: serde skips the rest without
-/// building it.
-#[derive(Deserialize)]
-struct Pod {
-    #[serde(default)]
-    metadata: openshift_rules::ObjectMeta,
-    #[serde(default)]
-    spec: PodSpec,
-}
-
-#[derive(Deserialize, Default)]
-struct PodSpec {
-    #[serde(default)]
-    tolerations: Vec<Toleration>,
-}
-
-#[derive(Deserialize)]
-struct Toleration {
-    #[serde(default)]
-    key: String,
-    #[serde(default)]
-    effect: String,
-}
-
-struct PodValidation;
-
 fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
     if req.user_info.username.is_empty() {
         return Decision::invalid("request has no username");
@@ -102,61 +71,42 @@ fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
     Decision::allow()
 }
 
-fn verdict(d: Decision) -> Verdict {
-    Verdict { allowed: d.allowed, code: d.code, message: d.message, warnings: vec![], patch: None }
-}
-
-impl Guest for PodValidation {
-    fn metadata() -> AdmissionMetadata {
-        AdmissionMetadata {
-            info: PluginInfo {
-                name: "pod-validation".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                summary: "Keeps customer pods off infra and control-plane nodes.".into(),
-                doc: "1. take the current pod (old for UPDATE/DELETE) and its namespace;\n\
-                      2. a protected namespace not containing a customer substring is privileged: allow;\n\
-                      3. otherwise deny a toleration with a blocked key and a blocked effect \
-                      (NoSchedule, PreferNoSchedule; NoExecute is not blocked);\n\
-                      4. allow. The user is not considered."
+fn metadata() -> AdmissionMetadata {
+    AdmissionMetadata {
+        info: PluginInfo {
+            name: "pod-validation".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            summary: "Keeps customer pods off infra and control-plane nodes.".into(),
+            doc: "1. take the current pod (old for UPDATE/DELETE) and its namespace;\n\
+                  2. a protected namespace not containing a customer substring is privileged: allow;\n\
+                  3. otherwise deny a toleration with a blocked key and a blocked effect \
+                  (NoSchedule, PreferNoSchedule; NoExecute is not blocked);\n\
+                  4. allow. The user is not considered."
+                .into(),
+            settings_doc: Some(
+                "`protectedNamespaces` (regular expressions), `customerNamespaceSubstrings`, \
+                 `blockedTolerationKeys`, `blockedEffects`."
                     .into(),
-                settings_doc: Some(
-                    "`protectedNamespaces` (regular expressions), `customerNamespaceSubstrings`, \
-                     `blockedTolerationKeys`, `blockedEffects`."
-                        .into(),
-                ),
-            },
-            webhook: Webhook {
-                rules: vec![Rule {
-                    operations: vec![Operation::All],
-                    api_groups: vec!["".into()],
-                    api_versions: vec!["v1".into()],
-                    resources: vec!["pods".into()],
-                    scope: Scope::Namespaced,
-                }],
-                failure_policy: FailurePolicy::Ignore,
-                match_policy: MatchPolicy::Equivalent,
-                side_effects: SideEffects::None,
-                timeout_seconds: 2,
-                namespace_selector: None,
-                object_selector: None,
-                path: None,
-                mutating: false,
-            },
-        }
-    }
-
-    fn configure(settings: String) -> Result<(), String> {
-        let parsed: Settings = parse_settings(&settings)?;
-        SETTINGS.with(|s| *s.borrow_mut() = Some(parsed));
-        Ok(())
-    }
-
-    fn validate(req: AdmissionRequest) -> Verdict {
-        SETTINGS.with(|s| match s.borrow().as_ref() {
-            Some(settings) => verdict(decide(settings, &req)),
-            None => verdict(Decision { allowed: false, code: Some(500), message: Some("not configured".into()) }),
-        })
+            ),
+        },
+        webhook: Webhook {
+            rules: vec![Rule {
+                operations: vec![Operation::All],
+                api_groups: vec!["".into()],
+                api_versions: vec!["v1".into()],
+                resources: vec!["pods".into()],
+                scope: Scope::Namespaced,
+            }],
+            failure_policy: FailurePolicy::Ignore,
+            match_policy: MatchPolicy::Equivalent,
+            side_effects: SideEffects::None,
+            timeout_seconds: 2,
+            namespace_selector: None,
+            object_selector: None,
+            path: None,
+            mutating: false,
+        },
     }
 }
 
-export!(PodValidation);
+openshift_rules::admission_plugin!(PodValidation, settings: Settings, metadata: metadata(), decide: decide);

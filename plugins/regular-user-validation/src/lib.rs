@@ -3,9 +3,7 @@
 //! webhook). Steps follow the reference, top to bottom; every user, group and
 //! name comes from the settings file.
 
-use std::cell::RefCell;
-
-use openshift_rules::{Decision, Patterns, has_any_group, has_group, parse_object, parse_settings};
+use openshift_rules::{Decision, Patterns, has_any_group, has_group, parse_object};
 use serde::Deserialize;
 
 wit_bindgen::generate!({ path: "../../wit", world: "admission-plugin" });
@@ -49,15 +47,9 @@ struct NamespacedName {
     name: String,
 }
 
-thread_local! {
-    static SETTINGS: RefCell<Option<Settings>> = const { RefCell::new(None) };
-}
-
 const MACHINE_CONFIG_GROUP: &str = "machineconfiguration.openshift.io";
 const DENIED: &str = "Prevented from accessing Red Hat managed resources. This is in an effort to prevent harmful \
                       actions that may cause unintended consequences or affect the stability of the cluster.";
-
-struct RegularUserValidation;
 
 fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
     let user = &req.user_info;
@@ -133,10 +125,6 @@ fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
     Decision::deny(DENIED)
 }
 
-fn verdict(d: Decision) -> Verdict {
-    Verdict { allowed: d.allowed, code: d.code, message: d.message, warnings: vec![], patch: None }
-}
-
 fn rule(api_groups: &[&str], resources: &[&str], scope: Scope) -> Rule {
     Rule {
         operations: vec![Operation::Create, Operation::Update, Operation::Delete],
@@ -147,77 +135,62 @@ fn rule(api_groups: &[&str], resources: &[&str], scope: Scope) -> Rule {
     }
 }
 
-impl Guest for RegularUserValidation {
-    fn metadata() -> AdmissionMetadata {
-        AdmissionMetadata {
-            info: PluginInfo {
-                name: "regular-user-validation".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                summary: "Keeps regular users away from platform API groups and configuration.".into(),
-                doc: "First match wins:\n\
-                      1. deny `system:unauthenticated`;\n\
-                      2. machineconfiguration.openshift.io: allow only the listed users and groups;\n\
-                      3. allow `kube:*` users;\n\
-                      4. MustGather: allow the CEE group; CustomDomain: allow customer admins; ClusterVersion: \
-                      allow only listed users, the SRE group and non-service-account `system:` users, else deny; \
-                      NetNamespace: allow customer admins for names neither reserved nor protected;\n\
-                      5.-7. allow `system:*` users, the elevated user and the SRE group;\n\
-                      8. ConfigMap: allow all but the protected one;\n\
-                      9. deny."
+fn metadata() -> AdmissionMetadata {
+    AdmissionMetadata {
+        info: PluginInfo {
+            name: "regular-user-validation".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            summary: "Keeps regular users away from platform API groups and configuration.".into(),
+            doc: "First match wins:\n\
+                  1. deny `system:unauthenticated`;\n\
+                  2. machineconfiguration.openshift.io: allow only the listed users and groups;\n\
+                  3. allow `kube:*` users;\n\
+                  4. MustGather: allow the CEE group; CustomDomain: allow customer admins; ClusterVersion: \
+                  allow only listed users, the SRE group and non-service-account `system:` users, else deny; \
+                  NetNamespace: allow customer admins for names neither reserved nor protected;\n\
+                  5.-7. allow `system:*` users, the elevated user and the SRE group;\n\
+                  8. ConfigMap: allow all but the protected one;\n\
+                  9. deny."
+                .into(),
+            settings_doc: Some(
+                "`machineConfigUsers`, `machineConfigGroups`, `clusterVersionUsers`, `sreGroup`, `ceeGroup`, \
+                 `customerAdminGroups`, `elevatedUser`, `protectedNamespaces` (regular expressions), \
+                 `reservedNames`, `protectedConfigMap` (`namespace`, `name`)."
                     .into(),
-                settings_doc: Some(
-                    "`machineConfigUsers`, `machineConfigGroups`, `clusterVersionUsers`, `sreGroup`, `ceeGroup`, \
-                     `customerAdminGroups`, `elevatedUser`, `protectedNamespaces` (regular expressions), \
-                     `reservedNames`, `protectedConfigMap` (`namespace`, `name`)."
-                        .into(),
+            ),
+        },
+        webhook: Webhook {
+            rules: vec![
+                rule(
+                    &[
+                        "managed.openshift.io",
+                        "splunkforwarder.managed.openshift.io",
+                        "upgrade.managed.openshift.io",
+                        "cloudingress.managed.openshift.io",
+                        "addons.managed.openshift.io",
+                        "machineconfiguration.openshift.io",
+                    ],
+                    &["*"],
+                    Scope::All,
                 ),
-            },
-            webhook: Webhook {
-                rules: vec![
-                    rule(
-                        &[
-                            "managed.openshift.io",
-                            "splunkforwarder.managed.openshift.io",
-                            "upgrade.managed.openshift.io",
-                            "cloudingress.managed.openshift.io",
-                            "addons.managed.openshift.io",
-                            "machineconfiguration.openshift.io",
-                        ],
-                        &["*"],
-                        Scope::All,
-                    ),
-                    rule(
-                        &["config.openshift.io"],
-                        &["clusterversions", "apiservers", "proxies", "schedulers"],
-                        Scope::Cluster,
-                    ),
-                    rule(&["network.openshift.io"], &["netnamespaces"], Scope::Cluster),
-                    rule(&[""], &["configmaps"], Scope::Namespaced),
-                ],
-                failure_policy: FailurePolicy::Ignore,
-                match_policy: MatchPolicy::Equivalent,
-                side_effects: SideEffects::None,
-                timeout_seconds: 2,
-                namespace_selector: None,
-                object_selector: None,
-                path: None,
-                mutating: false,
-            },
-        }
-    }
-
-    fn configure(settings: String) -> Result<(), String> {
-        let parsed: Settings = parse_settings(&settings)?;
-        SETTINGS.with(|s| *s.borrow_mut() = Some(parsed));
-        Ok(())
-    }
-
-    fn validate(req: AdmissionRequest) -> Verdict {
-        SETTINGS.with(|s| match s.borrow().as_ref() {
-            Some(settings) => verdict(decide(settings, &req)),
-            None => verdict(Decision { allowed: false, code: Some(500), message: Some("not configured".into()) }),
-        })
+                rule(
+                    &["config.openshift.io"],
+                    &["clusterversions", "apiservers", "proxies", "schedulers"],
+                    Scope::Cluster,
+                ),
+                rule(&["network.openshift.io"], &["netnamespaces"], Scope::Cluster),
+                rule(&[""], &["configmaps"], Scope::Namespaced),
+            ],
+            failure_policy: FailurePolicy::Ignore,
+            match_policy: MatchPolicy::Equivalent,
+            side_effects: SideEffects::None,
+            timeout_seconds: 2,
+            namespace_selector: None,
+            object_selector: None,
+            path: None,
+            mutating: false,
+        },
     }
 }
 
-export!(RegularUserValidation);
+openshift_rules::admission_plugin!(RegularUserValidation, settings: Settings, metadata: metadata(), decide: decide);
