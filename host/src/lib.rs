@@ -3,9 +3,13 @@
 //!
 //! Plugins are WebAssembly components built against the contract in `wit/`
 //! ([`contract`]). The [`engine`] holds the one wasmtime engine and its
-//! limits; the [`loader`] checks and compiles plugin files into a
-//! [`registry`]; each request runs in a fresh [`sandbox`]; [`admission`]
-//! speaks the API server's AdmissionReview.
+//! limits. The [`loader`] checks and compiles plugin files, runs their
+//! `configure` once into a [`snapshot`], keeps compiled code in the
+//! [`cache`], and fills a [`registry`]. Each request runs on a fresh
+//! instance in a [`sandbox`]. [`serve`] runs the HTTPS admission listener
+//! ([`admission`] speaks the API server's AdmissionReview, [`tls`] the
+//! certificates) and the metrics listener, over the shared [`state`];
+//! [`watch`] and [`reload`] swap plugins live when their files change.
 
 pub mod admission;
 pub mod bundled;
