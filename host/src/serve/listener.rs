@@ -26,7 +26,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Serves `handler` on `listener` until `shutdown` turns true, then stops
-/// accepting and lets open requests finish (up to [`DRAIN_TIMEOUT`]).
+/// accepting and lets open requests finish (for up to 15 s).
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
