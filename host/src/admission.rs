@@ -130,7 +130,7 @@ pub fn response(req: &Request, plugin: &Plugin, verdict: Verdict) -> Result<Admi
             serde_json::from_str(&patch).map_err(|e| bad(format!("patch is not a JSON Patch: {e}")))?;
         response = response.with_patch(patch).map_err(|e| bad(e.to_string()))?;
     }
-    response.audit_annotations.insert(AUDIT_PLUGIN_KEY.to_string(), format!("{}@{}", plugin.name(), plugin.version()));
+    annotate(&mut response, plugin);
     Ok(response)
 }
 
@@ -152,8 +152,13 @@ pub fn failure_response(req: &Request, plugin: &Plugin, cause: &str) -> Admissio
             response.warnings = Some(vec![format!("tollgate: {cause}; allowed by failurePolicy Ignore")]);
         }
     }
-    response.audit_annotations.insert(AUDIT_PLUGIN_KEY.to_string(), format!("{}@{}", plugin.name(), plugin.version()));
+    annotate(&mut response, plugin);
     response
+}
+
+/// Names the plugin (and version) that decided, for the audit log.
+fn annotate(response: &mut AdmissionResponse, plugin: &Plugin) {
+    response.audit_annotations.insert(AUDIT_PLUGIN_KEY.to_string(), format!("{}@{}", plugin.name(), plugin.version()));
 }
 
 /// Wraps a response in the review the API server reads.

@@ -30,7 +30,8 @@ pub struct EngineOptions {
     pub max_instances: u32,
     /// Deadline for `metadata` and `configure` at load time.
     pub load_deadline: Duration,
-    /// Deadline for one request (a later issue derives it per plugin).
+    /// Deadline for one call of a gateway plugin (admission plugins get
+    /// their webhook timeout less a margin, see `Plugin::call_deadline`).
     pub call_deadline: Duration,
     /// Use the pooling allocator (fast instantiation). It reserves about
     /// 4 GiB of address space per instance slot up front, which profilers
@@ -57,7 +58,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<Sandbox>,
     options: EngineOptions,
-    snapshotter: Option<Arc<Snapshotter>>,
+    snapshotter: Option<Snapshotter>,
     _ticker: EpochTicker,
 }
 
@@ -96,7 +97,7 @@ impl Runtime {
 
         let _ticker = EpochTicker::start(engine.clone());
         let snapshotter = match Snapshotter::new(options.max_memory_bytes) {
-            Ok(snapshotter) => Some(Arc::new(snapshotter)),
+            Ok(snapshotter) => Some(snapshotter),
             Err(error) => {
                 tracing::warn!(%error, "configured snapshots unavailable; plugins will be configured on every call");
                 None
@@ -106,7 +107,7 @@ impl Runtime {
     }
 
     /// The engine that takes configured snapshots, if it could be built.
-    pub fn snapshotter(&self) -> Option<&Arc<Snapshotter>> {
+    pub fn snapshotter(&self) -> Option<&Snapshotter> {
         self.snapshotter.as_ref()
     }
 

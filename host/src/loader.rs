@@ -17,7 +17,8 @@ use crate::engine::Runtime;
 use crate::error::{DirError, LoadError, Refusal};
 use crate::metadata::PluginMetadata;
 use crate::plugin::{Exports, Plugin};
-use crate::registry::LoadReport;
+use crate::registry::{LoadReport, Registry};
+use crate::reload;
 use crate::sandbox::{self, Sandbox};
 use crate::snapshot::SnapshotError;
 use crate::validation;
@@ -136,19 +137,12 @@ impl Loader {
     }
 
     /// Loads every `*.wasm` file of a directory, in name order. Files that
-    /// fail are reported in [`LoadReport::refused`]; the rest serve.
+    /// fail are reported in [`LoadReport::refused`]; the rest serve. This is
+    /// a rescan against nothing, so a first load and every later rescan
+    /// follow the same rules.
     pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, DirError> {
-        let mut report = LoadReport::default();
-        for file in plugin_files(dir)? {
-            match self.load_file(&file).and_then(|p| report.registry.insert(p)) {
-                Ok(_) => {}
-                Err(refused) => {
-                    tracing::warn!(file = %refused.file.display(), reason = %refused.reason, "plugin refused");
-                    report.refused.push(refused);
-                }
-            }
-        }
-        Ok(report)
+        let (registry, changes) = reload::rescan(self, dir, &Registry::default())?;
+        Ok(LoadReport { registry, refused: changes.refused })
     }
 
     fn check(&self, origin: &Path, bytes: &[u8], settings: Settings) -> Result<Plugin, Refusal> {

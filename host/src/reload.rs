@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{LoadError, Refusal};
 use crate::loader::{self, Loader, Settings};
 use crate::plugin::Plugin;
-use crate::registry::{LoadReport, Registry};
+use crate::registry::Registry;
 
 /// What a rescan changed, for logs and metrics.
 #[derive(Debug, Default)]
@@ -120,12 +120,6 @@ pub fn log(changes: &Changes) {
     for refused in &changes.refused {
         tracing::warn!(file = %refused.file.display(), reason = %refused.reason, "plugin refused; the last good version, if any, keeps serving");
     }
-}
-
-/// A first load as a rescan against nothing.
-pub fn initial(loader: &Loader, dir: &Path) -> Result<LoadReport, crate::error::DirError> {
-    let (registry, changes) = rescan(loader, dir, &Registry::default())?;
-    Ok(LoadReport { registry, refused: changes.refused })
 }
 
 /// The directory a watcher watches, canonicalised so that events name it.

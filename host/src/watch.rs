@@ -64,64 +64,53 @@ impl DirWatch {
         self,
         loader: Loader,
         state: Arc<HostState>,
-        shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
-        let DirWatch { dir, watcher, events } = self;
-        spawn_loop(dir, watcher, events, loader, state, shutdown)
-    }
-}
-
-fn spawn_loop(
-    dir: PathBuf,
-    watcher: notify::RecommendedWatcher,
-    mut events: mpsc::UnboundedReceiver<()>,
-    loader: Loader,
-    state: Arc<HostState>,
-    mut shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let _watcher = watcher; // dropping it stops the events
-        loop {
-            tokio::select! {
-                event = events.recv() => if event.is_none() { break },
-                _ = tokio::time::sleep(RESCAN_EVERY) => {}
-                _ = shutdown.changed() => break,
-            }
-            // Wait for the burst to end.
+        let DirWatch { dir, watcher, mut events } = self;
+        tokio::spawn(async move {
+            let _watcher = watcher; // dropping it stops the events
             loop {
                 tokio::select! {
                     event = events.recv() => if event.is_none() { break },
-                    _ = tokio::time::sleep(DEBOUNCE) => break,
+                    _ = tokio::time::sleep(RESCAN_EVERY) => {}
+                    _ = shutdown.changed() => break,
                 }
-            }
-            let started = Instant::now();
-            let (loader, dir, current) = (loader.clone(), dir.clone(), state.registry());
-            let rescanned = tokio::task::spawn_blocking(move || reload::rescan(&loader, &dir, &current)).await;
-            match rescanned {
-                Ok(Ok((registry, changes))) => {
-                    let loaded = changes.added.len() + changes.replaced.len();
-                    state.count_loads(loaded, changes.refused.len());
-                    state.set_refused(&changes.refused);
-                    for (change, count) in [
-                        ("added", changes.added.len()),
-                        ("swapped", changes.replaced.len()),
-                        ("removed", changes.removed.len()),
-                    ] {
-                        state.metrics.plugin_changes.get_or_create(&ChangeLabels { change }).inc_by(count as u64);
-                    }
-                    reload::log(&changes);
-                    if !changes.is_empty() {
-                        state.install(registry);
-                        tracing::info!(
-                            plugins = state.registry().len(),
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "registry swapped"
-                        );
+                // Wait for the burst to end.
+                loop {
+                    tokio::select! {
+                        event = events.recv() => if event.is_none() { break },
+                        _ = tokio::time::sleep(DEBOUNCE) => break,
                     }
                 }
-                Ok(Err(error)) => tracing::warn!(%error, "rescan failed; plugins keep serving"),
-                Err(error) => tracing::error!(%error, "rescan aborted; plugins keep serving"),
+                let started = Instant::now();
+                let (loader, dir, current) = (loader.clone(), dir.clone(), state.registry());
+                let rescanned = tokio::task::spawn_blocking(move || reload::rescan(&loader, &dir, &current)).await;
+                match rescanned {
+                    Ok(Ok((registry, changes))) => {
+                        let loaded = changes.added.len() + changes.replaced.len();
+                        state.count_loads(loaded, changes.refused.len());
+                        state.set_refused(&changes.refused);
+                        for (change, count) in [
+                            ("added", changes.added.len()),
+                            ("swapped", changes.replaced.len()),
+                            ("removed", changes.removed.len()),
+                        ] {
+                            state.metrics.plugin_changes.get_or_create(&ChangeLabels { change }).inc_by(count as u64);
+                        }
+                        reload::log(&changes);
+                        if !changes.is_empty() {
+                            state.install(registry);
+                            tracing::info!(
+                                plugins = state.registry().len(),
+                                elapsed_ms = started.elapsed().as_millis() as u64,
+                                "registry swapped"
+                            );
+                        }
+                    }
+                    Ok(Err(error)) => tracing::warn!(%error, "rescan failed; plugins keep serving"),
+                    Err(error) => tracing::error!(%error, "rescan aborted; plugins keep serving"),
+                }
             }
-        }
-    })
+        })
+    }
 }

@@ -20,6 +20,7 @@ use crate::state::HostState;
 
 /// The API server never sends more than 3 MiB; neither do we accept more.
 pub const MAX_BODY_BYTES: usize = 3 << 20;
+const TOO_LARGE: &str = "body is larger than the 3 MiB the API server may send";
 
 /// Answers one request on the admission listener.
 pub async fn handle(state: Arc<HostState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -43,12 +44,12 @@ pub async fn handle(state: Arc<HostState>, req: Request<Incoming>) -> Response<F
     }
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-        return reject(&state, 413, "too_large", "body is larger than the 3 MiB the API server may send");
+        return reject(&state, 413, "too_large", TOO_LARGE);
     }
     let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(body) => body.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return reject(&state, 413, "too_large", "body is larger than the 3 MiB the API server may send");
+            return reject(&state, 413, "too_large", TOO_LARGE);
         }
         Err(error) => return reject(&state, 400, "bad_body", &format!("could not read the body: {error}")),
     };

@@ -117,7 +117,7 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     };
     let (first, plugins) = (loader.clone(), options.plugins.clone());
     let report = tokio::task::spawn_blocking(move || match plugins {
-        Some(dir) => reload::initial(&first, &dir),
+        Some(dir) => first.load_dir(&dir),
         None => Ok(bundled::load(&first)),
     })
     .await
