@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use support::{Server, client, client_identity, guests, install, install_reference, plain};
+use support::{Server, client, client_identity, guests, install, install_reference, plain, post_review};
 
 /// An AdmissionReview as the API server sends it.
 #[derive(Clone)]
@@ -396,15 +396,9 @@ async fn uid_dry_run_and_warnings_reach_the_api_server() {
     let http = client(&server.ca(), None);
     let mut review = Review::new("", "ConfigMap", "configmaps", "UPDATE").in_namespace("team-a").by("carol", &[]);
     review.dry_run = true;
-    let answer: Value = http
-        .post(server.url("/validate/misbehave"))
-        .json(&review.json("11111111-2222-4333-8444-555555555555"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: Value =
+        post_review(&http, &server.url("/validate/misbehave"), &review.json("11111111-2222-4333-8444-555555555555"))
+            .await;
     let response = &answer["response"];
     assert_eq!(response["uid"], "11111111-2222-4333-8444-555555555555");
     let said = response["status"]["message"].as_str().unwrap();
@@ -415,15 +409,7 @@ async fn uid_dry_run_and_warnings_reach_the_api_server() {
     assert!(said.contains("namespace=Some(\"team-a\")"), "{said}");
     assert_eq!(response["auditAnnotations"]["tollgate-plugin"], "misbehave@0.0.1");
 
-    let answer: Value = http
-        .post(server.url("/validate/misbehave-ignore"))
-        .json(&review.json("uid-2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = post_review(&http, &server.url("/validate/misbehave-ignore"), &review.json("uid-2")).await;
     assert_eq!(answer["response"]["allowed"], true);
     assert_eq!(answer["response"]["warnings"], json!(["careful: this is a test warning"]));
 }
@@ -501,15 +487,7 @@ async fn failure_policy_fail_denies_and_ignore_allows_with_a_warning() {
     let review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a");
 
     for _ in 0..2 {
-        let answer: Value = http
-            .post(server.url("/validate/misbehave"))
-            .json(&review.json("t1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer: Value = post_review(&http, &server.url("/validate/misbehave"), &review.json("t1")).await;
         let response = &answer["response"];
         assert_eq!(response["uid"], "t1");
         assert_eq!(response["allowed"], false);
@@ -522,15 +500,7 @@ async fn failure_policy_fail_denies_and_ignore_allows_with_a_warning() {
         assert!(message.contains("denied by failurePolicy Fail"), "{message}");
     }
 
-    let answer: Value = http
-        .post(server.url("/validate/misbehave-ignore"))
-        .json(&review.json("t2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = post_review(&http, &server.url("/validate/misbehave-ignore"), &review.json("t2")).await;
     let response = &answer["response"];
     assert_eq!((response["uid"].as_str(), response["allowed"].as_bool()), (Some("t2"), Some(true)));
     let warning = response["warnings"][0].as_str().unwrap();
@@ -560,7 +530,7 @@ async fn concurrent_requests_are_all_answered_correctly() {
         let review = pod("CREATE", "team-a", if blocked { toleration(infra, "NoSchedule") } else { json!([]) });
         tasks.spawn(async move {
             let uid = format!("c-{i}");
-            let answer: Value = http.post(url).json(&review.json(&uid)).send().await.unwrap().json().await.unwrap();
+            let answer: Value = post_review(&http, &url, &review.json(&uid)).await;
             assert_eq!(answer["response"]["uid"], uid.as_str());
             assert_eq!(answer["response"]["allowed"], !blocked, "request {i}");
         });

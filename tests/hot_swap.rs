@@ -12,31 +12,15 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use support::{Server, client, guests};
+use serde_json::Value;
+use support::{Server, client, configmap_review, guests};
 
 const ALLOW: &str = r#"{"validate": "echo"}"#;
 const DENY: &str = r#"{"validate": "fail"}"#;
 
-fn review(uid: &str) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
-            "resource": {"group": "", "version": "v1", "resource": "configmaps"},
-            "namespace": "team-a",
-            "operation": "CREATE",
-            "userInfo": {"username": "alice"},
-            "object": {"metadata": {"name": "c", "namespace": "team-a"}}
-        }
-    })
-}
-
 /// What the server answers on `path`: Some(allowed) or None for a 404.
 async fn ask(http: &reqwest::Client, server: &Server, path: &str) -> Option<bool> {
-    let response = http.post(server.url(path)).json(&review("hs")).send().await.expect("request sent");
+    let response = http.post(server.url(path)).json(&configmap_review("hs")).send().await.expect("request sent");
     if response.status() == 404 {
         return None;
     }
@@ -183,7 +167,7 @@ async fn a_client_sees_no_error_while_plugins_are_swapped_many_times() {
             while !*stop_rx.borrow() && sent < 200_000 && Instant::now() < give_up {
                 sent += 1;
                 let uid = format!("load-{sent}");
-                let response = http.post(&url).json(&review(&uid)).send().await;
+                let response = http.post(&url).json(&configmap_review(&uid)).send().await;
                 let response = response.unwrap_or_else(|e| panic!("request {sent} failed: {e}"));
                 assert_eq!(response.status(), 200, "request {sent}");
                 let body: Value = response.json().await.unwrap();

@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Server, client, guests};
+use support::{Server, client, configmap_review, guests};
 
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -47,13 +47,6 @@ fn startup() {
     }
 }
 
-fn review(uid: &str) -> Value {
-    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": uid, "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
-        "resource": {"group": "", "version": "v1", "resource": "configmaps"}, "namespace": "team-a",
-        "operation": "CREATE", "userInfo": {"username": "alice"}, "object": {"metadata": {"name": "c"}}}})
-}
-
 async fn swaps() {
     const SWAPS: usize = 100;
     let dir = tempfile::tempdir().unwrap();
@@ -72,7 +65,7 @@ async fn swaps() {
             let (mut sent, mut failed) = (0u64, 0u64);
             while !*stop_rx.borrow() {
                 sent += 1;
-                match http.post(&url).json(&review("load")).send().await {
+                match http.post(&url).json(&configmap_review("load")).send().await {
                     Ok(r) if r.status() == 200 => {}
                     _ => failed += 1,
                 }
@@ -88,7 +81,7 @@ async fn swaps() {
         let written = Instant::now();
         std::fs::write(&settings, text).unwrap();
         loop {
-            let body: Value = http.post(&url).json(&review("probe")).send().await.unwrap().json().await.unwrap();
+            let body = support::post_review(&http, &url, &configmap_review("probe")).await;
             if body["response"]["allowed"].as_bool() == Some(allow) {
                 break;
             }

@@ -159,6 +159,29 @@ fn addr_in(line: &str) -> SocketAddr {
     line[start..].split_whitespace().next().unwrap().parse().expect("a socket address")
 }
 
+/// A ConfigMap CREATE review by `alice` in `team-a`, with `uid`.
+pub fn configmap_review(uid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+            "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+            "namespace": "team-a",
+            "operation": "CREATE",
+            "userInfo": {"username": "alice"},
+            "object": {"metadata": {"name": "c", "namespace": "team-a"}}
+        }
+    })
+}
+
+/// POSTs `review` to `url` and returns the JSON answer.
+pub async fn post_review(http: &reqwest::Client, url: &str, review: &serde_json::Value) -> serde_json::Value {
+    let response = http.post(url).json(review).send().await.expect("request sent");
+    response.json().await.expect("a JSON answer")
+}
+
 /// A client for the plain-HTTP metrics listener.
 pub fn plain() -> reqwest::Client {
     // reqwest is built without a default crypto provider; it wants one even
