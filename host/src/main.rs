@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use tollgate::docs::DocsFormat;
 use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::loader::{Loader, Settings};
 use tollgate::registry::LoadReport;
 use tollgate::serve::ServeOptions;
 use tollgate::tls::{CertSource, TlsOptions};
-use tollgate::{eval, summary};
+use tollgate::webhooks::{self, CaSource, Target, WebhookOptions};
+use tollgate::{bundled, docs, eval, summary};
 use tracing_subscriber::EnvFilter;
 
 /// A WebAssembly policy host for Kubernetes admission and API-gateway traffic.
@@ -34,6 +36,10 @@ enum Command {
     Inspect(InspectArgs),
     /// Run one plugin on one request offline and print its answer.
     Eval(EvalArgs),
+    /// Print the webhook configurations (YAML) of the admission plugins.
+    Webhooks(WebhooksArgs),
+    /// Print the documentation of every plugin.
+    Docs(DocsArgs),
 }
 
 #[derive(Args)]
@@ -77,6 +83,99 @@ struct ServeArgs {
     no_cache: bool,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct WebhooksArgs {
+    /// Plugin directory. Without it, the bundled reference plugins.
+    #[arg(long, env = "TOLLGATE_PLUGINS")]
+    plugins: Option<PathBuf>,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct DocsArgs {
+    /// Plugin directory. Without it, the bundled reference plugins.
+    #[arg(long, env = "TOLLGATE_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DocsFormat::Markdown)]
+    format: DocsFormat,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// How the generated webhook configurations reach Tollgate.
+#[derive(Args)]
+struct WebhookArgs {
+    /// Name of the generated configuration objects.
+    #[arg(long, default_value = webhooks::DEFAULT_CONFIG_NAME)]
+    config_name: String,
+    /// Webhook names are `<plugin>.<domain>`.
+    #[arg(long, default_value = webhooks::DEFAULT_DOMAIN)]
+    domain: String,
+    /// Service the API server calls.
+    #[arg(long, default_value = "tollgate")]
+    service_name: String,
+    /// Namespace of that Service, where Tollgate runs.
+    #[arg(long, default_value = webhooks::DEFAULT_NAMESPACE)]
+    service_namespace: String,
+    /// Port of that Service.
+    #[arg(long, default_value_t = 443)]
+    service_port: u16,
+    /// Call Tollgate at this URL (`https://host:port`) instead of a Service.
+    #[arg(long)]
+    url: Option<String>,
+    /// PEM CA bundle that signed Tollgate's serving certificate (caBundle).
+    #[arg(long, conflicts_with = "inject_ca")]
+    ca_bundle: Option<PathBuf>,
+    /// Let an injector fill caBundle: `cert-manager:<namespace>/<certificate>`
+    /// or `service-ca` (OpenShift).
+    #[arg(long)]
+    inject_ca: Option<String>,
+    /// Namespaces no webhook applies to (default: the Service's namespace),
+    /// so a broken Tollgate cannot stop anyone repairing it.
+    #[arg(long = "exclude-namespace")]
+    exclude_namespaces: Vec<String>,
+}
+
+impl WebhookArgs {
+    fn options(&self) -> Result<WebhookOptions> {
+        let ca = match (&self.ca_bundle, self.inject_ca.as_deref()) {
+            (Some(file), _) => CaSource::Bundle(webhooks::read_ca_bundle(file)?),
+            (None, Some("service-ca")) => CaSource::ServiceCa,
+            (None, Some(spec)) => match spec.strip_prefix("cert-manager:") {
+                Some(from) => CaSource::CertManager(from.to_string()),
+                None => bail!("--inject-ca {spec:?}: expected cert-manager:<namespace>/<certificate> or service-ca"),
+            },
+            (None, None) => CaSource::None,
+        };
+        let target = match &self.url {
+            Some(url) => Target::Url(url.clone()),
+            None => Target::Service {
+                name: self.service_name.clone(),
+                namespace: self.service_namespace.clone(),
+                port: self.service_port,
+            },
+        };
+        let exclude_namespaces = if self.exclude_namespaces.is_empty() {
+            vec![self.service_namespace.clone()]
+        } else {
+            self.exclude_namespaces.clone()
+        };
+        let options = WebhookOptions {
+            config_name: self.config_name.clone(),
+            domain: self.domain.clone(),
+            target,
+            ca,
+            exclude_namespaces,
+        };
+        options.check()?;
+        Ok(options)
+    }
 }
 
 #[derive(Args)]
@@ -161,6 +260,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve(args),
         Command::Inspect(args) => inspect(args),
         Command::Eval(args) => eval_command(args),
+        Command::Webhooks(args) => webhooks_command(args),
+        Command::Docs(args) => docs_command(args),
     }
 }
 
@@ -248,5 +349,38 @@ fn eval_command(args: EvalArgs) -> Result<ExitCode> {
         Err(error) => bail!("{error}"),
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads a plugin directory (or the bundled plugins) for a generator, or
+/// fails naming every refused file: generated output must cover every plugin.
+fn load_all(plugins: Option<&std::path::Path>, engine: &EngineArgs) -> Result<tollgate::registry::Registry> {
+    let loader = Loader::new(engine.runtime()?);
+    let report = match plugins {
+        Some(dir) => loader.load_dir(dir)?,
+        None => bundled::load(&loader),
+    };
+    if !report.refused.is_empty() {
+        let reasons: Vec<String> =
+            report.refused.iter().map(|r| format!("  {}: {}", r.file.display(), r.reason)).collect();
+        bail!("{} plugin file(s) refused, nothing generated:\n{}", reasons.len(), reasons.join("\n"));
+    }
+    Ok(report.registry)
+}
+
+fn webhooks_command(args: WebhooksArgs) -> Result<ExitCode> {
+    let options = args.webhooks.options()?;
+    let registry = load_all(args.plugins.as_deref(), &args.engine)?;
+    let configs = webhooks::generate(&registry, &options)?;
+    if configs.webhook_names().is_empty() {
+        bail!("no admission plugin: nothing to generate");
+    }
+    print!("{}", configs.to_yaml()?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn docs_command(args: DocsArgs) -> Result<ExitCode> {
+    let registry = load_all(args.plugins.as_deref(), &args.engine)?;
+    print!("{}", docs::render(&registry, args.format)?);
     Ok(ExitCode::SUCCESS)
 }
