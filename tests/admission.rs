@@ -415,6 +415,36 @@ async fn uid_dry_run_and_warnings_reach_the_api_server() {
 }
 
 #[tokio::test]
+async fn a_mutating_plugin_answers_with_a_json_patch() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "add-label", guests::ADD_LABEL, None);
+    let server = Server::start(dir.path(), &[]);
+    let http = client(&server.ca(), None);
+    let mut review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a").by("dave", &[]);
+    for (object, expected) in [
+        (
+            json!({"metadata": {"name": "c"}}),
+            json!([{"op": "add", "path": "/metadata/labels", "value": {"tollgate.io/checked": "true"}}]),
+        ),
+        (
+            json!({"metadata": {"name": "c", "labels": {"app": "x"}}}),
+            json!([{"op": "add", "path": "/metadata/labels/tollgate.io~1checked", "value": "true"}]),
+        ),
+    ] {
+        review.object = object;
+        let answer = post_review(&http, &server.url("/mutate/add-label"), &review.json("m")).await;
+        let response = &answer["response"];
+        assert_eq!(response["allowed"], true, "{answer}");
+        assert_eq!(response["patchType"], "JSONPatch", "{answer}");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(response["patch"].as_str().unwrap_or_else(|| panic!("patch is base64 text: {answer}")))
+            .unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&patch).unwrap(), expected);
+    }
+}
+
+#[tokio::test]
 async fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
     let (_dir, server) = openshift_server();
     let http = client(&server.ca(), None);

@@ -161,9 +161,20 @@ fn annotate(response: &mut AdmissionResponse, plugin: &Plugin) {
     response.audit_annotations.insert(AUDIT_PLUGIN_KEY.to_string(), format!("{}@{}", plugin.name(), plugin.version()));
 }
 
-/// Wraps a response in the review the API server reads.
-pub fn into_review(response: AdmissionResponse) -> AdmissionReview<DynamicObject> {
-    response.into_review()
+/// The review the API server reads, as JSON bytes.
+///
+/// The API server wants `patch` as base64 text (Go's encoding of `[]byte`),
+/// but kube-core serialises its `Vec<u8>` as an array of numbers
+/// (kube-rs/kube#1781), which the API server rejects. So the patch is taken
+/// out and put back as base64.
+pub fn review_json(mut response: AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
+    use base64::Engine as _;
+    let Some(patch) = response.patch.take() else {
+        return serde_json::to_vec(&response.into_review());
+    };
+    let mut review = serde_json::to_value(response.into_review())?;
+    review["response"]["patch"] = base64::engine::general_purpose::STANDARD.encode(patch).into();
+    serde_json::to_vec(&review)
 }
 
 #[cfg(test)]

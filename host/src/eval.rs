@@ -21,6 +21,9 @@ pub enum EvalError {
     /// The plugin failed.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// The answer cannot be written as JSON.
+    #[error("answer cannot be shown as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// An allowlist check request: the request head and the identity already
@@ -47,8 +50,8 @@ pub fn eval(plugin: &Plugin, request: &str) -> Result<serde_json::Value, EvalErr
     if value.get("kind").and_then(|k| k.as_str()) == Some(admission::KIND) {
         let req = admission::parse_review(request.as_bytes())?;
         let verdict = plugin.validate(&admission::to_contract(&req)?)?;
-        let review = admission::into_review(admission::response(&req, plugin, verdict)?);
-        return to_json(&review);
+        let json = admission::review_json(admission::response(&req, plugin, verdict)?)?;
+        return Ok(serde_json::from_slice(&json)?);
     }
     match plugin.kind() {
         Kind::Route => {
@@ -71,5 +74,5 @@ pub fn eval(plugin: &Plugin, request: &str) -> Result<serde_json::Value, EvalErr
 }
 
 fn to_json<T: serde::Serialize>(answer: &T) -> Result<serde_json::Value, EvalError> {
-    serde_json::to_value(answer).map_err(|e| EvalError::Request(format!("answer cannot be shown as JSON: {e}")))
+    Ok(serde_json::to_value(answer)?)
 }

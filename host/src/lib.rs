@@ -30,6 +30,7 @@ pub mod serve;
 pub mod snapshot;
 pub mod state;
 pub mod summary;
+pub mod sync;
 pub mod tls;
 pub mod validation;
 pub mod watch;

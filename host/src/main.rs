@@ -14,7 +14,8 @@ use tollgate::docs::DocsFormat;
 use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::loader::{Loader, Settings};
 use tollgate::registry::LoadReport;
-use tollgate::serve::ServeOptions;
+use tollgate::serve::{ServeOptions, SyncOptions};
+use tollgate::sync::ClusterConfig;
 use tollgate::tls::{CertSource, TlsOptions};
 use tollgate::webhooks::{self, CaSource, Target, WebhookOptions};
 use tollgate::{bundled, docs, eval, summary};
@@ -31,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the plugins and serve them.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show the metadata of a plugin file or of every plugin in a directory.
     Inspect(InspectArgs),
     /// Run one plugin on one request offline and print its answer.
@@ -81,6 +82,16 @@ struct ServeArgs {
     /// Compile every plugin at every start.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Apply the generated webhook configurations to the cluster whenever
+    /// the admission plugins change (server-side apply, field manager `tollgate`).
+    #[arg(long)]
+    sync_webhooks: bool,
+    /// Kubeconfig for --sync-webhooks (default: in-cluster, then $KUBECONFIG
+    /// or ~/.kube/config).
+    #[arg(long, requires = "sync_webhooks")]
+    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -257,7 +268,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Inspect(args) => inspect(args),
         Command::Eval(args) => eval_command(args),
         Command::Webhooks(args) => webhooks_command(args),
@@ -281,6 +292,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         tls: TlsOptions { cert, client_ca: args.client_ca },
         watch: !args.no_watch,
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(default_cache_dir) },
+        sync: match args.sync_webhooks {
+            true => Some(SyncOptions {
+                cluster: args.kubeconfig.map_or(ClusterConfig::Infer, ClusterConfig::Kubeconfig),
+                webhooks: args.webhooks.options()?,
+            }),
+            false => None,
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(tollgate::serve::run(options, stop_signal()))?;

@@ -55,6 +55,13 @@ pub struct ChangeLabels {
     pub change: &'static str,
 }
 
+/// The outcome of applying webhook configurations to the cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    /// applied or failed.
+    pub result: &'static str,
+}
+
 /// A plugin kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -81,6 +88,8 @@ pub struct Metrics {
     pub plugins: Family<KindLabels, Gauge>,
     /// Plugins added, swapped or removed while serving.
     pub plugin_changes: Family<ChangeLabels, Counter>,
+    /// Attempts to apply webhook configurations to the cluster.
+    pub webhook_syncs: Family<SyncLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -99,6 +108,7 @@ impl Default for Metrics {
         let plugin_loads = Family::<LoadLabels, Counter>::default();
         let plugins = Family::<KindLabels, Gauge>::default();
         let plugin_changes = Family::<ChangeLabels, Counter>::default();
+        let webhook_syncs = Family::<SyncLabels, Counter>::default();
         registry.register("admission_requests", "Admission requests answered", admission_requests.clone());
         registry.register("admission_seconds", "Time to answer an admission request", admission_seconds.clone());
         registry.register("plugin_failures", "Plugin calls that trapped, timed out or failed", plugin_failures.clone());
@@ -106,6 +116,7 @@ impl Default for Metrics {
         registry.register("plugin_loads", "Plugin files loaded or refused", plugin_loads.clone());
         registry.register("plugins", "Plugins serving", plugins.clone());
         registry.register("plugin_changes", "Plugins added, swapped or removed while serving", plugin_changes.clone());
+        registry.register("webhook_syncs", "Attempts to apply webhook configurations", webhook_syncs.clone());
         Self {
             registry,
             admission_requests,
@@ -115,6 +126,7 @@ impl Default for Metrics {
             plugin_loads,
             plugins,
             plugin_changes,
+            webhook_syncs,
         }
     }
 }

@@ -23,6 +23,16 @@ impl Registry {
         self.insert_shared(Arc::new(plugin))
     }
 
+    /// The plugins of this registry that `keep` accepts.
+    pub fn filtered(&self, keep: impl Fn(&Plugin) -> bool) -> Registry {
+        let mut out = Registry::default();
+        for plugin in self.plugins.values().filter(|p| keep(p)) {
+            // They were unique here, so they are unique in a subset.
+            let _ = out.insert_shared(plugin.clone());
+        }
+        out
+    }
+
     /// Adds a plugin another registry may also hold (a reload keeps the
     /// unchanged ones), or refuses it like [`Registry::insert`].
     pub fn insert_shared(&mut self, plugin: Arc<Plugin>) -> Result<Arc<Plugin>, LoadError> {

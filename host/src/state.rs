@@ -1,8 +1,9 @@
 //! What the servers share: the plugins serving now, metrics, the bound on
 //! concurrent plugin calls, and readiness.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
@@ -11,6 +12,12 @@ use crate::contract::Kind;
 use crate::metrics::{KindLabels, LoadLabels, Metrics};
 use crate::registry::Registry;
 use crate::summary::RefusalSummary;
+use crate::sync::WebhookSync;
+
+/// How long a swap that removes admission plugins waits for them to be
+/// unregistered before it stops serving them anyway (the API server is
+/// unreachable; their failure policy then applies to calls it still makes).
+pub const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
 
 /// Shared by every connection of every listener.
 pub struct HostState {
@@ -22,6 +29,7 @@ pub struct HostState {
     /// for one (backpressure) rather than exhausting the instance pool.
     pub permits: Arc<Semaphore>,
     ready: AtomicBool,
+    sync: OnceLock<WebhookSync>,
 }
 
 impl HostState {
@@ -33,6 +41,7 @@ impl HostState {
             metrics: Metrics::default(),
             permits: Arc::new(Semaphore::new(max_concurrent_calls)),
             ready: AtomicBool::new(false),
+            sync: OnceLock::new(),
         }
     }
 
@@ -51,6 +60,32 @@ impl HostState {
         }
         self.registry.store(Arc::new(registry));
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Keeps the cluster's webhook configurations in step from now on, and
+    /// registers what serves now.
+    pub fn sync_webhooks(&self, sync: WebhookSync) {
+        let sync = self.sync.get_or_init(|| sync);
+        sync.want(&self.registry());
+    }
+
+    /// Swaps in `next` like [`HostState::install`], keeping the webhook
+    /// configurations in step when syncing: plugins that go away are
+    /// unregistered first (waiting up to [`UNREGISTER_WAIT`]), and new
+    /// ones are registered once they serve.
+    pub async fn swap(&self, next: Registry) {
+        let Some(sync) = self.sync.get() else {
+            self.install(next);
+            return;
+        };
+        let staying = self.registry().filtered(|p| next.get(p.name()).is_some());
+        if let Some(generation) = sync.want(&staying)
+            && !sync.wait_applied(generation, UNREGISTER_WAIT).await
+        {
+            tracing::warn!("removed plugins are not unregistered yet; they stop serving anyway");
+        }
+        self.install(next);
+        sync.want(&self.registry());
     }
 
     /// Remembers the files refused by the latest load or rescan, for the

@@ -99,7 +99,7 @@ impl DirWatch {
                         }
                         reload::log(&changes);
                         if !changes.is_empty() {
-                            state.install(registry);
+                            state.swap(registry).await;
                             tracing::info!(
                                 plugins = state.registry().len(),
                                 elapsed_ms = started.elapsed().as_millis() as u64,

@@ -53,7 +53,7 @@ async fn main() {
                     response.result.code = code;
                     response.result.message = message;
                 }
-                let json = serde_json::to_vec(&admission::into_review(response)).expect("encode");
+                let json = admission::review_json(response).expect("encode");
                 hyper::Response::builder()
                     .header("content-type", "application/json")
                     .body(Full::new(Bytes::from(json)))

@@ -113,7 +113,7 @@ async fn decide(
         .admission_seconds
         .get_or_create(&PluginLabels { plugin: name })
         .observe(started.elapsed().as_secs_f64());
-    match serde_json::to_vec(&admission::into_review(response)) {
+    match admission::review_json(response) {
         Ok(json) => Response::builder()
             .status(200)
             .header(CONTENT_TYPE, "application/json")

@@ -16,7 +16,9 @@ use crate::engine::{EngineOptions, Runtime};
 use crate::error::{DirError, EngineError};
 use crate::loader::Loader;
 use crate::state::HostState;
+use crate::sync::{ClusterConfig, SyncError, WebhookSync};
 use crate::tls::{self, TlsError, TlsOptions};
+use crate::webhooks::WebhookOptions;
 use crate::{bundled, reload, summary};
 
 /// Everything `tollgate serve` needs.
@@ -36,6 +38,17 @@ pub struct ServeOptions {
     pub watch: bool,
     /// Keep compiled plugins here (`None`: compile every time).
     pub cache_dir: Option<PathBuf>,
+    /// Keep the cluster's webhook configurations in step with the plugins.
+    pub sync: Option<SyncOptions>,
+}
+
+/// What `--sync-webhooks` needs.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// How to reach the API server.
+    pub cluster: ClusterConfig,
+    /// What to generate.
+    pub webhooks: WebhookOptions,
 }
 
 /// Why the server could not start.
@@ -64,6 +77,9 @@ pub enum ServeError {
     /// The plugin directory cannot be watched.
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
+    /// Webhook syncing cannot start.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
 }
 
 /// Runs the servers until `stop` completes, then drains them.
@@ -72,6 +88,15 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     let state = Arc::new(HostState::new(options.engine.max_instances as usize));
     let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&options.tls)?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Connect before serving, so a bad kubeconfig stops the start-up with
+    // its reason instead of leaving webhooks silently unregistered.
+    let sync = match options.sync {
+        Some(sync) => Some(
+            WebhookSync::start(sync.cluster, sync.webhooks, state.metrics.webhook_syncs.clone(), shutdown_rx.clone())
+                .await?,
+        ),
+        None => None,
+    };
     let mut servers = tokio::task::JoinSet::new();
 
     let admission_listener = bind(options.admission_addr).await?;
@@ -139,6 +164,10 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     state.set_refused(&report.refused);
     state.install(report.registry);
     tracing::info!(loaded, refused, "plugins ready");
+    // Registered only now that they serve.
+    if let Some(sync) = sync {
+        state.sync_webhooks(sync);
+    }
 
     if let Some(watching) = watching {
         tracing::info!(dir = %options.plugins.as_deref().unwrap_or(std::path::Path::new("")).display(), "watching for plugin changes");
