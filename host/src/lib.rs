@@ -10,6 +10,8 @@
 //! ([`admission`] speaks the API server's AdmissionReview, [`tls`] the
 //! certificates) and the metrics listener, over the shared [`state`];
 //! [`watch`] and [`reload`] swap plugins live when their files change.
+//! [`webhooks`] and [`docs`] are generated from plugin metadata, and
+//! [`sync`] keeps the cluster's webhook configurations in step.
 
 pub mod admission;
 pub mod bundled;
