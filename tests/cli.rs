@@ -67,7 +67,7 @@ fn inspect_json_describes_one_file() {
     let plugin = &report["plugins"][0];
     assert_eq!(plugin["name"], "email-allowlist");
     assert_eq!(plugin["metadata"]["kind"], "allowlist");
-    assert_eq!(plugin["contract"], "tollgate:plugin@0.1.0");
+    assert_eq!(plugin["contract"], "tollgate:plugin@0.2.0");
     assert_eq!(plugin["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(report["refused"], Value::Array(vec![]));
 }
@@ -115,7 +115,8 @@ fn eval_runs_route_and_allowlist_plugins() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decision["Respond"]["status"], 401);
-    assert_eq!(decision["Respond"]["headers"][0]["name"], "www-authenticate");
+    let headers = decision["Respond"]["headers"].as_array().unwrap();
+    assert!(headers.iter().any(|h| h["name"] == "www-authenticate"), "{decision}");
 
     let dir = tempfile::tempdir().unwrap();
     copy(dir.path(), "emails.wasm", guests::EMAIL_ALLOWLIST);
@@ -124,7 +125,7 @@ fn eval_runs_route_and_allowlist_plugins() {
     let out = tollgate(&["eval", dir.path().join("emails.wasm").to_str().unwrap(), &data("email-check.json")]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(decision, serde_json::json!({"allowed": true, "reason": "email-listed"}));
+    assert_eq!(decision, serde_json::json!({"allowed": true, "reason": "email-listed", "remove_headers": []}));
 
     std::fs::write(&settings, r#"{"emails": ["someone@example.com"]}"#).unwrap();
     let out = tollgate(&["eval", dir.path().join("emails.wasm").to_str().unwrap(), &data("email-check.json")]);
@@ -176,7 +177,8 @@ fn serve_until(args: &[&str], marker: &str) -> (Child, Vec<String>) {
     let ca = std::env::temp_dir().join(format!("tollgate-cli-test-{}-ca.pem", std::process::id()));
     let mut child = Command::new(TOLLGATE)
         .arg("serve")
-        .args(["--admission-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--no-cache"])
+        .args(["--admission-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--gateway-addr", "127.0.0.1:0"])
+        .arg("--no-cache")
         .arg("--ca-out")
         .arg(ca)
         .args(args)
@@ -228,12 +230,19 @@ fn serve_loads_a_directory_and_keeps_running_despite_bad_plugins() {
 fn serve_without_a_directory_serves_the_bundled_plugins() {
     let (mut child, lines) = serve_until(&[], "plugins ready");
     let log = lines.join("\n");
-    for name in
-        ["namespace-validation", "regular-user-validation", "pod-validation", "jwt-org-router", "email-allowlist"]
-    {
+    let bundled = [
+        "namespace-validation",
+        "regular-user-validation",
+        "pod-validation",
+        "jwt-org-router",
+        "email-allowlist",
+        "cidr-allowlist",
+        "catalog-allowlist",
+    ];
+    for name in bundled {
         assert!(log.contains(&format!("plugin=\"{name}\"")), "{name} not served: {log}");
     }
-    assert!(log.contains("loaded=5 refused=0"), "{log}");
+    assert!(log.contains("loaded=7 refused=0"), "{log}");
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -92,7 +92,12 @@ fn webhooks_for_the_reference_plugins_through_a_service() {
     let names: Vec<&str> = hooks.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(
         names,
-        ["namespace-validation.tollgate.io", "pod-validation.tollgate.io", "regular-user-validation.tollgate.io"]
+        [
+            "catalog-allowlist.tollgate.io",
+            "namespace-validation.tollgate.io",
+            "pod-validation.tollgate.io",
+            "regular-user-validation.tollgate.io"
+        ]
     );
     for hook in hooks {
         let service = hook.client_config.service.as_ref().expect("service mode");
@@ -225,7 +230,7 @@ fn docs_describe_every_plugin_in_markdown_and_json() {
 
     let json: Value = serde_json::from_str(&stdout_of(&tollgate(&["docs", "--format", "json"]))).unwrap();
     let plugins = json["plugins"].as_array().unwrap();
-    assert_eq!(plugins.len(), 5);
+    assert_eq!(plugins.len(), 7);
     for plugin in plugins {
         for field in ["kind", "info"] {
             assert!(!plugin[field].is_null(), "{field} in {plugin}");

@@ -282,7 +282,14 @@ fn a_bad_kubeconfig_stops_the_start_with_its_reason() {
     let plugins = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(support::TOLLGATE)
         .args(["serve", "--plugins", plugins.path().to_str().unwrap(), "--admission-addr", "127.0.0.1:0"])
-        .args(["--metrics-addr", "127.0.0.1:0", "--sync-webhooks", "--kubeconfig", "/nonexistent/kubeconfig"])
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--no-gateway",
+            "--sync-webhooks",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -14,7 +14,7 @@ mkdir "$work/plugins"
 cp target/guests/wasm32-wasip2/guest/pod_validation.wasm "$work/plugins/pod-validation.wasm"
 cp plugins/pod-validation/pod-validation.settings.json "$work/plugins/"
 
-RUST_LOG=warn target/release/tollgate serve --plugins "$work/plugins" --admission-addr 127.0.0.1:18443 \
+RUST_LOG=warn target/release/tollgate serve --plugins "$work/plugins" --no-gateway --admission-addr 127.0.0.1:18443 \
   --metrics-addr 127.0.0.1:19090 --ca-out "$work/ca.pem" &
 wasm_pid=$!
 target/release/examples/native_admission_server 127.0.0.1:18444 "$work/native-ca.pem" 2>/dev/null &

@@ -16,14 +16,21 @@ mod bindings {
 }
 
 pub use bindings::exports::tollgate::plugin::{admission, allowlist, route};
-pub use bindings::tollgate::plugin::types;
+pub use bindings::tollgate::plugin::{services, types};
+
+/// Links the host services every plugin may import.
+pub fn add_services_to_linker(
+    linker: &mut wasmtime::component::Linker<crate::sandbox::Sandbox>,
+) -> wasmtime::Result<()> {
+    services::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |sandbox| sandbox)
+}
 
 /// The WIT package every plugin interface belongs to.
 pub const PACKAGE: &str = "tollgate:plugin";
 
 /// Contract versions this host serves. A plugin built against any other
 /// version is refused with both versions named.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.2.0"];
 
 /// The kinds of plugin, one per world in the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -62,7 +69,7 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// Splits an export name like `tollgate:plugin/admission@0.1.0` into the
+/// Splits an export name like `tollgate:plugin/admission@0.2.0` into the
 /// interface and version, if it belongs to the Tollgate package.
 pub fn parse_export(name: &str) -> Option<(&str, Option<&str>)> {
     let rest = name.strip_prefix(PACKAGE)?.strip_prefix('/')?;
@@ -78,9 +85,9 @@ mod tests {
 
     #[test]
     fn export_names_round_trip() {
-        let name = Kind::Route.export_name("0.1.0");
-        assert_eq!(name, "tollgate:plugin/route@0.1.0");
-        assert_eq!(parse_export(&name), Some(("route", Some("0.1.0"))));
+        let name = Kind::Route.export_name("0.2.0");
+        assert_eq!(name, "tollgate:plugin/route@0.2.0");
+        assert_eq!(parse_export(&name), Some(("route", Some("0.2.0"))));
         assert_eq!(parse_export("wasi:cli/run@0.2.0"), None);
         assert_eq!(parse_export("tollgate:plugin/admission"), Some(("admission", None)));
     }

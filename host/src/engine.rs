@@ -8,6 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::Linker;
+
+use crate::jwt::Verifier;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::EngineError;
@@ -59,6 +61,7 @@ pub struct Runtime {
     linker: Linker<Sandbox>,
     options: EngineOptions,
     snapshotter: Option<Snapshotter>,
+    verifier: Arc<Verifier>,
     _ticker: EpochTicker,
 }
 
@@ -94,6 +97,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+        crate::contract::add_services_to_linker(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
         let _ticker = EpochTicker::start(engine.clone());
         let snapshotter = match Snapshotter::new(options.max_memory_bytes) {
@@ -103,12 +107,17 @@ impl Runtime {
                 None
             }
         };
-        Ok(Self { engine, linker, options, snapshotter, _ticker })
+        Ok(Self { engine, linker, options, snapshotter, verifier: Arc::default(), _ticker })
     }
 
     /// The engine that takes configured snapshots, if it could be built.
     pub fn snapshotter(&self) -> Option<&Snapshotter> {
         self.snapshotter.as_ref()
+    }
+
+    /// The JWT verifier and its caches, shared by every plugin call.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
     }
 
     /// The engine, for compiling components.

@@ -127,7 +127,7 @@ pub enum Refusal {
     UnsupportedVersion {
         /// e.g. `tollgate:plugin@0.0.1`.
         built: String,
-        /// e.g. `tollgate:plugin@0.1.0`.
+        /// e.g. `tollgate:plugin@0.2.0`.
         supported: String,
     },
     /// It exports more than one kind's interface.

@@ -7,7 +7,7 @@ use crate::admission;
 use crate::contract::Kind;
 use crate::contract::types::{Identity, RequestHead};
 use crate::error::PluginError;
-use crate::plugin::Plugin;
+use crate::plugin::{AllowCheck, Plugin};
 
 /// Why an evaluation could not produce an answer.
 #[derive(Debug, thiserror::Error)]
@@ -26,15 +26,22 @@ pub enum EvalError {
     Encode(#[from] serde_json::Error),
 }
 
-/// An allowlist check request: the request head and the identity already
-/// established (`{"request": {...}, "identity": {"email": "..."}}`).
+/// An allowlist check request: the request head, the route it is on, the
+/// identity already established and the body
+/// (`{"request": {...}, "route": "r", "identity": {"email": "..."}, "body": "..."}`).
 #[derive(Debug, Deserialize)]
 pub struct CheckRequest {
     /// The HTTP request head.
     pub request: RequestHead,
+    /// The route plugin's name.
+    #[serde(default)]
+    pub route: String,
     /// Who the gateway established the caller is.
     #[serde(default = "no_identity")]
     pub identity: Identity,
+    /// The request body, for allowlists that inspect it.
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 fn no_identity() -> Identity {
@@ -63,7 +70,12 @@ pub fn eval(plugin: &Plugin, request: &str) -> Result<serde_json::Value, EvalErr
             let check: CheckRequest = serde_json::from_value(value).map_err(|e| {
                 EvalError::Request(format!("not an allowlist check {{\"request\": ..., \"identity\": ...}}: {e}"))
             })?;
-            to_json(&plugin.check_request(&check.request, &check.identity)?)
+            to_json(&plugin.check_request(&AllowCheck {
+                request: &check.request,
+                route: &check.route,
+                identity: &check.identity,
+                body: check.body.as_deref(),
+            })?)
         }
         Kind::Admission => Err(EvalError::Request(format!(
             "an admission plugin takes an AdmissionReview (kind {}, apiVersion {})",

@@ -21,6 +21,8 @@ pub mod docs;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod gateway;
+pub mod jwt;
 pub mod loader;
 pub mod metadata;
 pub mod metrics;

@@ -12,9 +12,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tollgate::docs::DocsFormat;
 use tollgate::engine::{EngineOptions, Runtime};
+use tollgate::gateway::proxy::UpstreamOptions;
 use tollgate::loader::{Loader, Settings};
 use tollgate::registry::LoadReport;
-use tollgate::serve::{ServeOptions, SyncOptions};
+use tollgate::serve::{GatewayOptions, ServeOptions, SyncOptions};
 use tollgate::sync::ClusterConfig;
 use tollgate::tls::{CertSource, TlsOptions};
 use tollgate::webhooks::{self, CaSource, Target, WebhookOptions};
@@ -82,6 +83,26 @@ struct ServeArgs {
     /// Compile every plugin at every start.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Address of the HTTP gateway listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    gateway_addr: SocketAddr,
+    /// Do not run the gateway.
+    #[arg(long)]
+    no_gateway: bool,
+    /// Serve the gateway over HTTPS, with the admission listener's certificate.
+    #[arg(long)]
+    gateway_tls: bool,
+    /// A proxy in front of the gateway (CIDR or address) whose
+    /// X-Forwarded-For/-Proto/-Host are kept and extended; from any other
+    /// peer they are replaced.
+    #[arg(long = "trusted-proxy")]
+    trusted_proxies: Vec<String>,
+    /// Time to connect to an upstream, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    upstream_connect_timeout_ms: u64,
+    /// Time for an upstream's response head to arrive, in milliseconds.
+    #[arg(long, default_value_t = 30000)]
+    upstream_timeout_ms: u64,
     /// Apply the generated webhook configurations to the cluster whenever
     /// the admission plugins change (server-side apply, field manager `tollgate`).
     #[arg(long)]
@@ -299,6 +320,16 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             }),
             false => None,
         },
+        gateway: (!args.no_gateway).then(|| GatewayOptions {
+            addr: args.gateway_addr,
+            tls: args.gateway_tls,
+            trusted_proxies: args.trusted_proxies,
+            upstream: UpstreamOptions {
+                connect_timeout: Duration::from_millis(args.upstream_connect_timeout_ms),
+                response_timeout: Duration::from_millis(args.upstream_timeout_ms),
+                ..UpstreamOptions::default()
+            },
+        }),
     };
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(tollgate::serve::run(options, stop_signal()))?;

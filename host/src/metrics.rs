@@ -62,6 +62,40 @@ pub struct SyncLabels {
     pub result: &'static str,
 }
 
+/// A gateway route and the status the client got.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatusLabels {
+    /// Route plugin name, or `none` when no route matched.
+    pub route: String,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+/// A gateway route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route plugin name.
+    pub route: String,
+}
+
+/// A gateway plugin's decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayDecisionLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// forward, respond, allowed, denied or error.
+    pub decision: &'static str,
+}
+
+/// What an upstream answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Route plugin name.
+    pub route: String,
+    /// The upstream's status code, or `connect_error`, `timeout`, `error`.
+    pub status: String,
+}
+
 /// A plugin kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -70,6 +104,7 @@ pub struct KindLabels {
 }
 
 type HistogramFamily = Family<PluginLabels, Histogram, fn() -> Histogram>;
+type RouteHistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the host exports.
 pub struct Metrics {
@@ -90,6 +125,14 @@ pub struct Metrics {
     pub plugin_changes: Family<ChangeLabels, Counter>,
     /// Attempts to apply webhook configurations to the cluster.
     pub webhook_syncs: Family<SyncLabels, Counter>,
+    /// Gateway requests answered, by route and status.
+    pub gateway_requests: Family<RouteStatusLabels, Counter>,
+    /// Time to answer a gateway request (to the response head), by route.
+    pub gateway_seconds: RouteHistogramFamily,
+    /// Decisions of route and allowlist plugins.
+    pub gateway_decisions: Family<GatewayDecisionLabels, Counter>,
+    /// Upstream answers, by route and status.
+    pub upstream_responses: Family<UpstreamLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -109,6 +152,10 @@ impl Default for Metrics {
         let plugins = Family::<KindLabels, Gauge>::default();
         let plugin_changes = Family::<ChangeLabels, Counter>::default();
         let webhook_syncs = Family::<SyncLabels, Counter>::default();
+        let gateway_requests = Family::<RouteStatusLabels, Counter>::default();
+        let gateway_seconds: RouteHistogramFamily = Family::new_with_constructor(latency_histogram);
+        let gateway_decisions = Family::<GatewayDecisionLabels, Counter>::default();
+        let upstream_responses = Family::<UpstreamLabels, Counter>::default();
         registry.register("admission_requests", "Admission requests answered", admission_requests.clone());
         registry.register("admission_seconds", "Time to answer an admission request", admission_seconds.clone());
         registry.register("plugin_failures", "Plugin calls that trapped, timed out or failed", plugin_failures.clone());
@@ -117,6 +164,10 @@ impl Default for Metrics {
         registry.register("plugins", "Plugins serving", plugins.clone());
         registry.register("plugin_changes", "Plugins added, swapped or removed while serving", plugin_changes.clone());
         registry.register("webhook_syncs", "Attempts to apply webhook configurations", webhook_syncs.clone());
+        registry.register("gateway_requests", "Gateway requests answered", gateway_requests.clone());
+        registry.register("gateway_seconds", "Time to answer a gateway request", gateway_seconds.clone());
+        registry.register("gateway_decisions", "Decisions of gateway plugins", gateway_decisions.clone());
+        registry.register("upstream_responses", "Upstream answers", upstream_responses.clone());
         Self {
             registry,
             admission_requests,
@@ -127,6 +178,10 @@ impl Default for Metrics {
             plugins,
             plugin_changes,
             webhook_syncs,
+            gateway_requests,
+            gateway_seconds,
+            gateway_decisions,
+            upstream_responses,
         }
     }
 }

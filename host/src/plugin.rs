@@ -26,6 +26,19 @@ pub(crate) enum Exports {
     Allowlist(allowlist::GuestIndices),
 }
 
+/// What an allowlist is asked about one gateway request.
+#[derive(Debug, Clone, Copy)]
+pub struct AllowCheck<'a> {
+    /// The request head, as the client sent it.
+    pub request: &'a RequestHead,
+    /// Name of the route plugin the request is on.
+    pub route: &'a str,
+    /// Who the caller is, as far as established.
+    pub identity: &'a Identity,
+    /// The body, when the allowlist inspects bodies and the request has one.
+    pub body: Option<&'a str>,
+}
+
 /// A plugin that passed every load check and can serve.
 pub struct Plugin {
     pub(crate) origin: PathBuf,
@@ -193,16 +206,12 @@ impl Plugin {
     }
 
     /// Checks a gateway request against the list (allowlist plugins). Blocking.
-    pub fn check_request(&self, request: &RequestHead, identity: &Identity) -> Result<AllowDecision, PluginError> {
-        sandbox::block_on(self.check_request_async(request, identity))
+    pub fn check_request(&self, check: &AllowCheck<'_>) -> Result<AllowDecision, PluginError> {
+        sandbox::block_on(self.check_request_async(check))
     }
 
     /// Checks a gateway request against the list (allowlist plugins).
-    pub async fn check_request_async(
-        &self,
-        request: &RequestHead,
-        identity: &Identity,
-    ) -> Result<AllowDecision, PluginError> {
+    pub async fn check_request_async(&self, check: &AllowCheck<'_>) -> Result<AllowDecision, PluginError> {
         let Exports::Allowlist(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Allowlist)) };
         let (configured, settings) = (self.configured, self.settings.as_str());
         self.invoke(self.call_deadline(), async |store, instance| {
@@ -210,7 +219,9 @@ impl Plugin {
             if !configured && let Err(message) = guest.call_configure(&mut *store, settings).await? {
                 return Ok(Err(message));
             }
-            Ok(Ok(guest.call_check_request(&mut *store, request, identity).await?))
+            let answer =
+                guest.call_check_request(&mut *store, check.request, check.route, check.identity, check.body).await?;
+            Ok(Ok(answer))
         })
         .await
     }

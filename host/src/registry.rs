@@ -15,6 +15,42 @@ pub struct Registry {
     plugins: BTreeMap<String, Arc<Plugin>>,
     /// Admission path to plugin: looked up on every admission request.
     by_path: HashMap<String, Arc<Plugin>>,
+    /// Gateway routes, in the order they are tried.
+    routes: Vec<Route>,
+}
+
+/// One route match of a route plugin, as the gateway tries it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Lower-case host names; empty matches any host.
+    pub hosts: Vec<String>,
+    /// Path prefix, matched on whole segments.
+    pub path_prefix: String,
+    /// Methods; empty matches any.
+    pub methods: Vec<String>,
+    /// Higher is tried first.
+    pub priority: i32,
+    /// The route plugin.
+    pub plugin: Arc<Plugin>,
+}
+
+impl Route {
+    /// True when a request for `host` (no port, lower case), `path` and
+    /// `method` matches.
+    pub fn matches(&self, host: &str, path: &str, method: &str) -> bool {
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h == host))
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && path_has_prefix(path, &self.path_prefix)
+    }
+}
+
+/// `/api` matches `/api` and `/api/x`, not `/apix`: a prefix matches whole
+/// path segments, so a route cannot leak onto its neighbour's paths.
+pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
 }
 
 impl Registry {
@@ -53,7 +89,41 @@ impl Registry {
         if let Some(path) = path {
             self.by_path.insert(path, plugin.clone());
         }
+        if let crate::metadata::PluginMetadata::Route(metadata) = plugin.metadata() {
+            for m in &metadata.matches {
+                self.routes.push(Route {
+                    hosts: m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                    path_prefix: m.path_prefix.clone(),
+                    methods: m.methods.clone(),
+                    priority: m.priority,
+                    plugin: plugin.clone(),
+                });
+            }
+            // Highest priority first; then the more specific (host named,
+            // longer prefix); then by name, so the order never depends on
+            // load order.
+            self.routes.sort_by(|a, b| {
+                b.priority
+                    .cmp(&a.priority)
+                    .then(a.hosts.is_empty().cmp(&b.hosts.is_empty()))
+                    .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
+                    .then(a.plugin.name().cmp(b.plugin.name()))
+            });
+        }
         Ok(plugin)
+    }
+
+    /// The route a gateway request takes, if any.
+    pub fn route_for(&self, host: &str, path: &str, method: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(host, path, method))
+    }
+
+    /// The allowlists guarding the route plugin `route`, by name.
+    pub fn allowlists_for<'a>(&'a self, route: &'a str) -> impl Iterator<Item = &'a Arc<Plugin>> + 'a {
+        self.of_kind(Kind::Allowlist).filter(move |p| match p.metadata() {
+            crate::metadata::PluginMetadata::Allowlist(m) => m.routes.is_empty() || m.routes.iter().any(|r| r == route),
+            _ => false,
+        })
     }
 
     /// The plugin with this name.
@@ -100,4 +170,19 @@ pub struct LoadReport {
     pub registry: Registry,
     /// The files that were refused.
     pub refused: Vec<LoadError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_has_prefix;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(path_has_prefix("/api", "/api"));
+        assert!(path_has_prefix("/api/x", "/api"));
+        assert!(!path_has_prefix("/apix", "/api"));
+        assert!(path_has_prefix("/api/x", "/api/"));
+        assert!(path_has_prefix("/anything", "/"));
+        assert!(!path_has_prefix("/ap", "/api"));
+    }
 }

@@ -10,8 +10,12 @@ use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use std::sync::Arc;
+
+use crate::contract::services;
 use crate::engine::Runtime;
 use crate::error::CallError;
+use crate::jwt::Verifier;
 
 /// Bytes of stdout/stderr kept per call; more is cut.
 const OUTPUT_CAPACITY: usize = 64 << 10;
@@ -23,6 +27,7 @@ pub struct Sandbox {
     limits: MemoryCap,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
+    verifier: Arc<Verifier>,
 }
 
 impl WasiView for Sandbox {
@@ -34,7 +39,7 @@ impl WasiView for Sandbox {
 impl Sandbox {
     /// Host state for one call: WASI with no capabilities, output captured,
     /// memory capped at `max_memory_bytes`.
-    pub(crate) fn new(max_memory_bytes: usize) -> Self {
+    pub(crate) fn new(max_memory_bytes: usize, verifier: Arc<Verifier>) -> Self {
         let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         // No preopens, no environment, no arguments, no sockets: the
@@ -46,12 +51,30 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        Self { wasi, table: ResourceTable::new(), limits: MemoryCap { max: max_memory_bytes }, stdout, stderr }
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits: MemoryCap { max: max_memory_bytes },
+            stdout,
+            stderr,
+            verifier,
+        }
     }
 
     /// The memory limiter, for `Store::limiter`.
     pub(crate) fn limits(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limits
+    }
+}
+
+/// The host services (`wit/plugin.wit`, interface `services`).
+impl services::Host for Sandbox {
+    fn verify_jwt(&mut self, token: String, policy: services::JwtPolicy) -> Result<String, services::JwtError> {
+        self.verifier.verify(&token, &policy).map(|claims| claims.to_string())
+    }
+
+    fn now_millis(&mut self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 }
 
@@ -93,7 +116,7 @@ pub async fn call<R>(
     f: impl AsyncFnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, CallError> {
     let max_memory = runtime.options().max_memory_bytes;
-    let mut store = Store::new(runtime.engine(), Sandbox::new(max_memory));
+    let mut store = Store::new(runtime.engine(), Sandbox::new(max_memory, runtime.verifier().clone()));
     store.limiter(|sandbox| &mut sandbox.limits);
     let started = Instant::now();
     let end = started + deadline;

@@ -51,6 +51,7 @@ impl Snapshotter {
         let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
+        crate::contract::add_services_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
         let _ticker = EpochTicker::start(engine.clone());
         Ok(Self { engine, linker, max_memory_bytes, _ticker })
     }
@@ -83,7 +84,7 @@ impl Snapshotter {
         let (context, instrumented) = wizer.instrument_component(component).map_err(unsupported)?;
         let instrumented = Component::new(&self.engine, &instrumented).map_err(unsupported)?;
 
-        let mut store = Store::new(&self.engine, Sandbox::new(self.max_memory_bytes));
+        let mut store = Store::new(&self.engine, Sandbox::new(self.max_memory_bytes, Default::default()));
         store.limiter(|sandbox| sandbox.limits());
         store.set_epoch_deadline(crate::engine::Runtime::deadline_ticks(deadline));
         store.epoch_deadline_trap();

@@ -9,12 +9,14 @@ use std::time::Duration;
 use serde_json::json;
 use tollgate::admission;
 use tollgate::contract::Kind;
-use tollgate::contract::types::{FailurePolicy, Identity, Operation, RouteDecision, Scope, SubjectKind, Verdict};
+use tollgate::contract::types::{
+    FailurePolicy, Identity, Operation, RequestHead, RouteDecision, Scope, SubjectKind, Verdict,
+};
 use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::error::{CallError, LoadError, PluginError, Refusal};
 use tollgate::loader::{Loader, Settings};
 use tollgate::metadata::PluginMetadata;
-use tollgate::plugin::Plugin;
+use tollgate::plugin::{AllowCheck, Plugin};
 
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
@@ -126,7 +128,7 @@ fn metadata_round_trips_for_every_kind() {
     let guard = report.registry.get("namespace-validation").expect("namespace-validation loaded");
     assert_eq!(guard.kind(), Kind::Admission);
     assert_eq!(guard.version(), "0.1.0");
-    assert_eq!(guard.contract_version(), "0.1.0");
+    assert_eq!(guard.contract_version(), "0.2.0");
     assert_eq!(guard.hash().len(), 64);
     let PluginMetadata::Admission(meta) = guard.metadata() else { panic!("not admission metadata") };
     assert_eq!(meta.webhook.rules.len(), 1);
@@ -159,7 +161,15 @@ fn bundled_plugins_all_load() {
     let names: Vec<&str> = report.registry.iter().map(|p| p.name()).collect();
     assert_eq!(
         names,
-        ["email-allowlist", "jwt-org-router", "namespace-validation", "pod-validation", "regular-user-validation"]
+        [
+            "catalog-allowlist",
+            "cidr-allowlist",
+            "email-allowlist",
+            "jwt-org-router",
+            "namespace-validation",
+            "pod-validation",
+            "regular-user-validation"
+        ]
     );
     assert!(report.registry.iter().all(|p| p.origin().to_string_lossy().starts_with("bundled:")));
     // Each serves from a snapshot taken after configure, not by configuring per call.
@@ -220,15 +230,18 @@ fn settings_files_json_and_yaml_are_accepted() {
     assert!(!decide(guard, &namespace_review("DELETE", "kube-system", "alice", &[])).unwrap().allowed);
 
     let emails = report.registry.get("email-allowlist").unwrap();
-    let head = serde_json::from_value(json!({
+    let head: RequestHead = serde_json::from_value(json!({
         "method": "GET", "scheme": "http", "authority": "app", "path": "/", "query": null,
         "headers": [], "client_addr": "127.0.0.1:5000", "tls": null
     }))
     .unwrap();
     let listed = Identity { email: Some("admin@EXAMPLE.com".into()), subject: None };
-    assert!(emails.check_request(&head, &listed).unwrap().allowed);
+    let ask = |identity: &Identity| {
+        emails.check_request(&AllowCheck { request: &head, route: "r", identity, body: None }).unwrap()
+    };
+    assert!(ask(&listed).allowed);
     let unlisted = Identity { email: Some("eve@example.com".into()), subject: None };
-    let decision = emails.check_request(&head, &unlisted).unwrap();
+    let decision = ask(&unlisted);
     assert_eq!((decision.allowed, decision.reason.as_str()), (false, "email-not-listed"));
 }
 
@@ -295,7 +308,7 @@ fn every_bad_file_is_refused_with_its_reason_while_good_plugins_load() {
     assert!(reason("not-a-plugin.wasm").contains("is not a Tollgate plugin"));
     assert!(reason("not-a-plugin.wasm").contains("wasi:cli/run"));
     assert!(
-        reason("old.wasm").contains("built against tollgate:plugin@0.0.1, host supports tollgate:plugin@0.1.0"),
+        reason("old.wasm").contains("built against tollgate:plugin@0.0.1, host supports tollgate:plugin@0.2.0"),
         "{}",
         reason("old.wasm")
     );

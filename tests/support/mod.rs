@@ -49,6 +49,8 @@ pub struct Server {
     pub admission: SocketAddr,
     /// The metrics listener.
     pub metrics: SocketAddr,
+    /// The gateway listener, unless started with `--no-gateway`.
+    pub gateway: Option<SocketAddr>,
     /// Where the generated CA bundle was written (self-signed mode).
     pub ca_file: PathBuf,
     /// Every log line so far and to come.
@@ -73,6 +75,11 @@ impl Server {
             .arg("--plugins")
             .arg(plugins)
             .args(["--admission-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+            .args(if args.iter().any(|a| *a == "--gateway-addr" || *a == "--no-gateway") {
+                &[][..]
+            } else {
+                &["--gateway-addr", "127.0.0.1:0"][..]
+            })
             .arg("--ca-out")
             .arg(&ca_file)
             .arg("--cache-dir")
@@ -94,7 +101,7 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let (mut admission, mut metrics) = (None, None);
+        let (mut admission, mut metrics, mut gateway) = (None, None, None);
         loop {
             let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) else {
                 let _ = child.kill();
@@ -105,6 +112,8 @@ impl Server {
                 admission = Some(addr_in(&line));
             } else if line.contains("metrics listening") {
                 metrics = Some(addr_in(&line));
+            } else if line.contains("gateway listening") {
+                gateway = Some(addr_in(&line));
             } else if line.contains("plugins ready") {
                 break;
             }
@@ -114,6 +123,7 @@ impl Server {
             started,
             admission: admission.expect("admission address logged"),
             metrics: metrics.expect("metrics address logged"),
+            gateway,
             ca_file,
             log,
             _scratch: scratch,

@@ -25,17 +25,39 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What a handler knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// TLS facts, on a TLS listener.
+    pub tls: Option<TlsFacts>,
+}
+
+/// The negotiated TLS parameters of a connection.
+#[derive(Debug, Clone)]
+pub struct TlsFacts {
+    /// The SNI name the client asked for.
+    pub server_name: Option<String>,
+    /// The negotiated ALPN protocol.
+    pub alpn: Option<String>,
+    /// The protocol version, e.g. "TLSv1_3".
+    pub version: String,
+}
+
 /// Serves `handler` on `listener` until `shutdown` turns true, then stops
 /// accepting and lets open requests finish (for up to 15 s).
-pub async fn serve<H, F>(
+pub async fn serve<H, F, B>(
     name: &'static str,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    H: Fn(Request<Incoming>, Arc<Connection>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
@@ -55,10 +77,13 @@ pub async fn serve<H, F>(
                 };
                 let _ = tcp.set_nodelay(true);
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let answer = handler(req, peer);
-                    async move { Ok::<_, Infallible>(answer.await) }
-                });
+                let service = move |connection: Connection| {
+                    let connection = Arc::new(connection);
+                    hyper::service::service_fn(move |req| {
+                        let answer = handler(req, connection.clone());
+                        async move { Ok::<_, Infallible>(answer.await) }
+                    })
+                };
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 let tls = tls.clone();
@@ -66,6 +91,8 @@ pub async fn serve<H, F>(
                     let result = match tls {
                         Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(stream)) => {
+                                let facts = tls_facts(stream.get_ref().1);
+                                let service = service(Connection { peer, tls: Some(facts) });
                                 watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
                             }
                             Ok(Err(error)) => {
@@ -77,7 +104,10 @@ pub async fn serve<H, F>(
                                 return;
                             }
                         },
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(tcp), service).into_owned()).await,
+                        None => {
+                            let service = service(Connection { peer, tls: None });
+                            watcher.watch(builder.serve_connection(TokioIo::new(tcp), service).into_owned()).await
+                        }
                     };
                     if let Err(error) = result {
                         tracing::debug!(listener = name, %peer, %error, "connection ended with an error");
@@ -90,6 +120,14 @@ pub async fn serve<H, F>(
     drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = name, "in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+    }
+}
+
+fn tls_facts(session: &rustls::ServerConnection) -> TlsFacts {
+    TlsFacts {
+        server_name: session.server_name().map(str::to_string),
+        alpn: session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+        version: session.protocol_version().map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
     }
 }
 

@@ -14,12 +14,15 @@ use tokio::sync::watch;
 use crate::cache::CodeCache;
 use crate::engine::{EngineOptions, Runtime};
 use crate::error::{DirError, EngineError};
+use crate::gateway::Gateway;
+use crate::gateway::proxy::{UpstreamOptions, Upstreams};
 use crate::loader::Loader;
 use crate::state::HostState;
 use crate::sync::{ClusterConfig, SyncError, WebhookSync};
 use crate::tls::{self, TlsError, TlsOptions};
 use crate::webhooks::WebhookOptions;
 use crate::{bundled, reload, summary};
+use gateway_rules::Cidrs;
 
 /// Everything `tollgate serve` needs.
 #[derive(Debug, Clone)]
@@ -40,6 +43,21 @@ pub struct ServeOptions {
     pub cache_dir: Option<PathBuf>,
     /// Keep the cluster's webhook configurations in step with the plugins.
     pub sync: Option<SyncOptions>,
+    /// The HTTP gateway, if it runs.
+    pub gateway: Option<GatewayOptions>,
+}
+
+/// Where and how the gateway listens.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Listener address.
+    pub addr: SocketAddr,
+    /// Serve HTTPS with the admission listener's certificate.
+    pub tls: bool,
+    /// Peers whose `X-Forwarded-*` headers are kept and extended.
+    pub trusted_proxies: Vec<String>,
+    /// Upstream timeouts and pooling.
+    pub upstream: UpstreamOptions,
 }
 
 /// What `--sync-webhooks` needs.
@@ -80,6 +98,9 @@ pub enum ServeError {
     /// Webhook syncing cannot start.
     #[error(transparent)]
     Sync(#[from] SyncError),
+    /// A gateway option is invalid.
+    #[error("gateway: {0}")]
+    Gateway(String),
 }
 
 /// Runs the servers until `stop` completes, then drains them.
@@ -87,6 +108,15 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     let runtime = Arc::new(Runtime::new(options.engine.clone())?);
     let state = Arc::new(HostState::new(options.engine.max_instances as usize));
     let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&options.tls)?);
+    let gateway = match &options.gateway {
+        Some(gateway) => {
+            let trusted = Cidrs::parse(&gateway.trusted_proxies)
+                .map_err(|e| ServeError::Gateway(format!("--trusted-proxy {e}")))?;
+            let upstreams = Upstreams::new(gateway.upstream.clone());
+            Some((gateway, Arc::new(Gateway::new(state.clone(), upstreams, trusted, gateway.tls))))
+        }
+        None => None,
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Connect before serving, so a bad kubeconfig stops the start-up with
     // its reason instead of leaving webhooks silently unregistered.
@@ -105,10 +135,26 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     servers.spawn(listener::serve(
         "admission",
         admission_listener,
-        Some(tls),
-        move |req, _peer| admission::handle(admission_state.clone(), req),
+        Some(tls.clone()),
+        move |req, _conn| admission::handle(admission_state.clone(), req),
         shutdown_rx.clone(),
     ));
+
+    if let Some((options, gateway)) = gateway {
+        let gateway_listener = bind(options.addr).await?;
+        let scheme = if options.tls { "HTTPS" } else { "HTTP" };
+        tracing::info!(addr = %local(&gateway_listener), "gateway listening ({scheme})");
+        servers.spawn(listener::serve(
+            "gateway",
+            gateway_listener,
+            options.tls.then(|| tls.clone()),
+            move |req, conn| {
+                let gateway = gateway.clone();
+                async move { gateway.handle(req, conn).await }
+            },
+            shutdown_rx.clone(),
+        ));
+    }
 
     if let Some(addr) = options.metrics_addr {
         let metrics_listener = bind(addr).await?;
@@ -118,7 +164,7 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
             "metrics",
             metrics_listener,
             None,
-            move |req, _peer| metrics_endpoint(metrics_state.clone(), req),
+            move |req, _conn| metrics_endpoint(metrics_state.clone(), req),
             shutdown_rx.clone(),
         ));
     }

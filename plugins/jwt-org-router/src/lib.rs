@@ -1,11 +1,13 @@
-//! `jwt-org-router`: routes each client organisation to its own upstream.
+//! `jwt-org-router`: the JWT API gateway of `../shared/reference`, section 1.
+//! A client presents `Authorization: Bearer <RS256 JWT>`; the token is
+//! verified by the host (algorithm pinned per key, `exp` required, `nbf` and
+//! clock skew honoured); its `org` claim picks the org's upstream, and the
+//! client's token is replaced by that org's backend token, so the client
+//! never holds the backend token and the backend never sees the client's.
 //!
-//! Skeleton of the gateway route: it declares its routes and validates its
-//! settings (keys, orgs with upstream and backend token, clock skew), and it
-//! already answers requests without a bearer token with 401 and
-//! `WWW-Authenticate: Bearer`. Token verification needs the host's JWT
-//! function, which arrives with the gateway; until then a request carrying a
-//! token is answered 503 rather than forwarded unverified.
+//! Answers: no or non-Bearer credentials, or a token that fails
+//! verification → 401 with `WWW-Authenticate: Bearer`; a valid token for an
+//! org that is not configured (matched exactly: `ACME` is not `acme`) → 403.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -15,24 +17,54 @@ use serde::Deserialize;
 wit_bindgen::generate!({ path: "../../wit", world: "route-plugin" });
 
 use exports::tollgate::plugin::route::Guest;
-use tollgate::plugin::types::{Header, PluginInfo, RequestHead, Respond, RouteDecision, RouteMatch, RouteMetadata};
+use tollgate::plugin::services::{JwtAlgorithm, JwtKey, JwtPolicy, verify_jwt};
+use tollgate::plugin::types::{
+    Forward, Header, Identity, PluginInfo, RequestHead, Respond, RouteDecision, RouteMatch, RouteMetadata,
+};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Settings {
-    /// PEM-encoded RSA public keys that may sign client tokens.
+    /// Keys that may sign client tokens.
     #[serde(default)]
-    public_keys: Vec<String>,
-    /// Organisation name (exact) to its backend.
+    keys: Vec<KeySetting>,
+    /// Organisation name (matched exactly) to its backend.
     #[serde(default)]
     orgs: BTreeMap<String, Org>,
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     #[serde(default = "default_skew")]
     clock_skew_seconds: u32,
+    /// The claim naming the organisation.
+    #[serde(default = "default_org_claim")]
+    org_claim: String,
+    /// Required `iss`, if any.
+    #[serde(default)]
+    issuer: Option<String>,
+    /// Required `aud`, if any.
+    #[serde(default)]
+    audience: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KeySetting {
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default = "default_algorithm")]
+    algorithm: String,
+    pem: String,
 }
 
 fn default_skew() -> u32 {
     30
+}
+
+fn default_org_claim() -> String {
+    "org".into()
+}
+
+fn default_algorithm() -> String {
+    "RS256".into()
 }
 
 #[derive(Deserialize)]
@@ -42,32 +74,118 @@ struct Org {
     backend_token: String,
 }
 
+/// Settings checked and turned into what requests need.
+struct Config {
+    policy: JwtPolicy,
+    orgs: BTreeMap<String, Org>,
+    org_claim: String,
+}
+
 thread_local! {
-    static SETTINGS: RefCell<Option<Settings>> = const { RefCell::new(None) };
+    static CONFIG: RefCell<Option<Config>> = const { RefCell::new(None) };
+}
+
+const CHALLENGE: &str = "Bearer realm=\"tollgate\"";
+
+fn respond(status: u16, challenge: Option<String>, error: &str, reason: &str) -> RouteDecision {
+    let mut headers = vec![Header { name: "content-type".into(), value: "application/json".into() }];
+    if let Some(challenge) = challenge {
+        headers.push(Header { name: "www-authenticate".into(), value: challenge });
+    }
+    let body = format!("{{\"error\":\"{error}\",\"reason\":\"{reason}\"}}\n");
+    RouteDecision::Respond(Respond { status, headers, body })
+}
+
+/// 401 for a request with a token that is not acceptable (RFC 6750 §3.1).
+fn invalid_token(reason: &str, description: &str) -> RouteDecision {
+    let description = description.replace(['"', '\\'], "'");
+    let challenge = format!("{CHALLENGE}, error=\"invalid_token\", error_description=\"{description}\"");
+    respond(401, Some(challenge), "invalid_token", reason)
+}
+
+fn configure(settings: Settings) -> Result<Config, String> {
+    let mut keys = Vec::with_capacity(settings.keys.len());
+    for (i, key) in settings.keys.into_iter().enumerate() {
+        let algorithm = match key.algorithm.as_str() {
+            "RS256" => JwtAlgorithm::Rs256,
+            "ES256" => JwtAlgorithm::Es256,
+            "EdDSA" => JwtAlgorithm::Eddsa,
+            other => return Err(format!("keys[{i}].algorithm {other:?}: use RS256, ES256 or EdDSA")),
+        };
+        if !key.pem.contains("-----BEGIN") {
+            return Err(format!("keys[{i}].pem is not PEM"));
+        }
+        keys.push(JwtKey { kid: key.kid, algorithm, pem: key.pem });
+    }
+    let mut seen = BTreeMap::new();
+    for (name, org) in &settings.orgs {
+        if name.is_empty() || name.trim() != name || name.chars().any(char::is_control) {
+            return Err(format!("orgs: {name:?} is not a usable org name"));
+        }
+        // Two orgs that differ only by case would make matching ambiguous.
+        if let Some(other) = seen.insert(name.to_lowercase(), name) {
+            return Err(format!("orgs: {other:?} and {name:?} differ only by case"));
+        }
+        if !(org.upstream.starts_with("http://") || org.upstream.starts_with("https://")) {
+            return Err(format!("orgs.{name}.upstream {:?} must be an http:// or https:// URL", org.upstream));
+        }
+        if org.backend_token.is_empty() || org.backend_token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("orgs.{name}.backendToken must be a token without spaces or line breaks"));
+        }
+    }
+    Ok(Config {
+        policy: JwtPolicy {
+            keys,
+            leeway_seconds: settings.clock_skew_seconds,
+            issuer: settings.issuer,
+            audience: settings.audience,
+        },
+        orgs: settings.orgs,
+        org_claim: settings.org_claim,
+    })
+}
+
+fn route(config: &Config, req: &RequestHead) -> RouteDecision {
+    let authorization =
+        gateway_rules::header_values(req.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())), "authorization");
+    let credentials = match authorization.as_slice() {
+        [] => return respond(401, Some(CHALLENGE.into()), "unauthorized", "no-credentials"),
+        [one] => *one,
+        _ => return respond(401, Some(CHALLENGE.into()), "invalid_request", "several-authorization-headers"),
+    };
+    let (scheme, token) = credentials.trim().split_once(' ').unwrap_or((credentials.trim(), ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Basic and other schemes: say which one we want.
+        return respond(401, Some(CHALLENGE.into()), "unauthorized", "not-bearer");
+    }
+    let token = token.trim();
+    if token.split('.').count() != 3 {
+        return invalid_token("malformed", "the bearer token is not a JWT");
+    }
+    let claims = match verify_jwt(token, &config.policy) {
+        Ok(claims) => claims,
+        Err(error) => return invalid_token(&format!("{:?}", error.kind).to_lowercase(), &error.message),
+    };
+    let Ok(claims) = serde_json::from_str::<serde_json::Value>(&claims) else {
+        return invalid_token("bad-claims", "claims are not JSON");
+    };
+    let Some(org_name) = claims.get(&config.org_claim).and_then(|v| v.as_str()) else {
+        return respond(403, None, "forbidden", "no-org");
+    };
+    // Exact match only: no case folding, trimming or normalisation.
+    let Some(org) = config.orgs.get(org_name) else {
+        return respond(403, None, "forbidden", "unknown-org");
+    };
+    let claim = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    RouteDecision::Forward(Forward {
+        upstream: org.upstream.clone(),
+        set_headers: vec![Header { name: "authorization".into(), value: format!("Bearer {}", org.backend_token) }],
+        remove_headers: vec![],
+        identity: Some(Identity { email: claim("email"), subject: claim("sub") }),
+    })
 }
 
 struct JwtOrgRouter;
-
-fn respond(status: u16, headers: Vec<Header>, body: &str) -> RouteDecision {
-    RouteDecision::Respond(Respond { status, headers, body: body.into() })
-}
-
-fn unauthorized(reason: &str) -> RouteDecision {
-    let challenge = Header {
-        name: "www-authenticate".into(),
-        value: format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
-    };
-    respond(401, vec![challenge], reason)
-}
-
-/// The token of an `Authorization: Bearer <jwt>` header, if the request has one
-/// that at least looks like a JWT (three dot-separated parts).
-fn bearer_token(req: &RequestHead) -> Option<&str> {
-    let value = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("authorization"))?.value.as_str();
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && token.split('.').count() == 3).then_some(token)
-}
 
 impl Guest for JwtOrgRouter {
     fn metadata() -> RouteMetadata {
@@ -75,14 +193,17 @@ impl Guest for JwtOrgRouter {
             info: PluginInfo {
                 name: "jwt-org-router".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
-                summary: "Routes each organisation's RS256 client token to its own backend.".into(),
-                doc: "Verifies the client's RS256 bearer token, reads its `org` claim, forwards to \
-                      that org's upstream and replaces `Authorization` with the org's backend \
-                      token. Missing or malformed tokens get 401 with `WWW-Authenticate: Bearer`."
+                summary: "Routes each organisation's signed client token to its own backend.".into(),
+                doc: "Takes `Authorization: Bearer <JWT>`, has the host verify it (algorithm pinned per key, \
+                      `exp` required, `nbf` and clock skew honoured), reads the `org` claim, forwards to that \
+                      org's upstream and replaces `Authorization` with the org's backend token. Missing, \
+                      non-Bearer or invalid tokens get 401 with `WWW-Authenticate: Bearer`; a valid token \
+                      for an org not configured (matched exactly, case included) gets 403."
                     .into(),
                 settings_doc: Some(
-                    "`publicKeys`: PEM RSA public keys. `orgs`: org name to `{upstream, \
-                     backendToken}`. `clockSkewSeconds`: tolerance on exp/nbf (default 30)."
+                    "`keys`: `[{kid?, algorithm: RS256|ES256|EdDSA, pem}]` public keys that may sign \
+                     client tokens. `orgs`: org name to `{upstream, backendToken}`. `clockSkewSeconds` \
+                     (default 30), `orgClaim` (default `org`), `issuer`, `audience`: optional checks."
                         .into(),
                 ),
             },
@@ -92,38 +213,16 @@ impl Guest for JwtOrgRouter {
 
     fn configure(settings: String) -> Result<(), String> {
         let parsed: Settings = serde_json::from_str(&settings).map_err(|e| format!("invalid settings: {e}"))?;
-        for (name, org) in &parsed.orgs {
-            if name.trim() != name || name.is_empty() {
-                return Err(format!("invalid settings: org name {name:?} has surrounding spaces or is empty"));
-            }
-            if !(org.upstream.starts_with("http://") || org.upstream.starts_with("https://")) {
-                return Err(format!(
-                    "invalid settings: org {name:?} upstream {:?} is not an http(s) URL",
-                    org.upstream
-                ));
-            }
-            if org.backend_token.is_empty() {
-                return Err(format!("invalid settings: org {name:?} has an empty backendToken"));
-            }
-        }
-        if parsed.clock_skew_seconds > 300 {
-            return Err(format!(
-                "invalid settings: clockSkewSeconds {} is above the 300 s this plugin accepts",
-                parsed.clock_skew_seconds
-            ));
-        }
-        if let Some(bad) = parsed.public_keys.iter().find(|k| !k.contains("-----BEGIN PUBLIC KEY-----")) {
-            return Err(format!("invalid settings: publicKeys entry is not a PEM public key: {:.40}", bad));
-        }
-        SETTINGS.with(|s| *s.borrow_mut() = Some(parsed));
+        let config = configure(parsed).map_err(|e| format!("invalid settings: {e}"))?;
+        CONFIG.with(|c| *c.borrow_mut() = Some(config));
         Ok(())
     }
 
     fn route(req: RequestHead) -> RouteDecision {
-        if bearer_token(&req).is_none() {
-            return unauthorized("a Bearer JWT is required");
-        }
-        respond(503, vec![], "token verification is not available in this host version")
+        CONFIG.with(|c| match c.borrow().as_ref() {
+            Some(config) => route(config, &req),
+            None => respond(500, None, "internal", "not-configured"),
+        })
     }
 }
 

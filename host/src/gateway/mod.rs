@@ -1,0 +1,317 @@
+//! The HTTP gateway: each request is matched to a route plugin by its
+//! metadata (host, path prefix, methods, priority), checked by the allowlists
+//! guarding that route, and forwarded to the upstream the route names, or
+//! answered by the route directly.
+//!
+//! Order, for one request:
+//! 1. no route matches → 404;
+//! 2. allowlists on the client address (they need nothing else) → 403 on deny;
+//! 3. the route plugin decides: respond (sent as is) or forward;
+//! 4. on forward, the other allowlists (e-mail, names), with the identity
+//!    the route established and, for those that inspect it, the body
+//!    → 403 on deny;
+//! 5. the request goes upstream ([`proxy`]); 502/504 when it cannot.
+//!
+//! Plugin calls hold one of the host's call permits; waiting on the upstream
+//! does not.
+
+pub mod proxy;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::contract::types::{
+    AllowDecision, Forward, Header, Identity, RequestHead, Respond, RouteDecision, SubjectKind, TlsInfo,
+};
+use crate::metadata::PluginMetadata;
+use crate::metrics::{GatewayDecisionLabels, RouteLabels, RouteStatusLabels, UpstreamLabels};
+use crate::plugin::{AllowCheck, Plugin};
+use crate::serve::listener::Connection;
+use crate::state::HostState;
+use gateway_rules::Cidrs;
+use proxy::{Body, ClientFacts, Upstreams};
+
+/// Bodies an allowlist inspects are buffered up to this; larger is 413.
+pub const MAX_INSPECTED_BODY: usize = 1 << 20;
+
+/// The gateway's configuration and shared client.
+pub struct Gateway {
+    state: Arc<HostState>,
+    upstreams: Upstreams,
+    /// Peers whose `X-Forwarded-*` headers are kept and extended.
+    trusted_proxies: Cidrs,
+    /// "http" or "https", as clients connect.
+    scheme: &'static str,
+}
+
+impl Gateway {
+    /// A gateway over the plugins in `state`.
+    pub fn new(state: Arc<HostState>, upstreams: Upstreams, trusted_proxies: Cidrs, tls: bool) -> Self {
+        Self { state, upstreams, trusted_proxies, scheme: if tls { "https" } else { "http" } }
+    }
+
+    /// Answers one gateway request.
+    pub async fn handle(&self, req: Request<Incoming>, conn: Arc<Connection>) -> Response<Body> {
+        let started = Instant::now();
+        let (route, response) = self.answer(req, &conn).await;
+        let status = response.status().as_u16();
+        let metrics = &self.state.metrics;
+        metrics.gateway_requests.get_or_create(&RouteStatusLabels { route: route.clone(), status }).inc();
+        metrics.gateway_seconds.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    /// The response, and the route name for metrics.
+    async fn answer(&self, req: Request<Incoming>, conn: &Connection) -> (String, Response<Body>) {
+        let registry = self.state.registry();
+        let head = request_head(&req, conn, self.scheme);
+        let host = host_of(&head.authority);
+        let Some(route) = registry.route_for(&host, &head.path, &head.method) else {
+            return ("none".into(), json_response(404, "not_found", "no route matches this request"));
+        };
+        let plugin = route.plugin.clone();
+        let name = plugin.name().to_string();
+        let (before, after): (Vec<&Arc<Plugin>>, Vec<&Arc<Plugin>>) =
+            registry.allowlists_for(&name).partition(|p| subject(p) == Some(SubjectKind::ClientAddress));
+
+        // 2. Allowlists that need only the client address.
+        let no_identity = Identity { email: None, subject: None };
+        let mut remove = Vec::new();
+        for allowlist in &before {
+            let check = AllowCheck { request: &head, route: &name, identity: &no_identity, body: None };
+            if let Err(response) = self.allow(allowlist, &check, conn, &mut remove).await {
+                return (name, response);
+            }
+        }
+
+        // 3. The route decides.
+        let decision = match self.call(plugin.route_async(&head)).await {
+            Ok(decision) => decision,
+            Err(error) => {
+                self.count(&name, "error");
+                tracing::warn!(route = %name, %error, "route plugin failed");
+                return (name, json_response(502, "bad_gateway", "the route plugin failed"));
+            }
+        };
+        let forward = match decision {
+            RouteDecision::Respond(respond) => {
+                self.count(&name, "respond");
+                return (name, direct(respond));
+            }
+            RouteDecision::Forward(forward) => forward,
+        };
+        self.count(&name, "forward");
+
+        // 4. Allowlists on identity and names, with the body if asked for.
+        let identity = forward.identity.clone().unwrap_or(no_identity);
+        let wants_body = after.iter().any(|p| inspects_body(p)) && has_body(&req);
+        let (parts, body) = req.into_parts();
+        let (body, buffered) = if wants_body {
+            match Limited::new(body, MAX_INSPECTED_BODY).collect().await {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    (full(bytes.clone()), Some(bytes))
+                }
+                Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                    return (
+                        name,
+                        json_response(413, "too_large", "the body is larger than the 1 MiB an allowlist inspects"),
+                    );
+                }
+                Err(_) => return (name, json_response(400, "bad_request", "the body could not be read")),
+            }
+        } else {
+            (body.boxed(), None)
+        };
+        let text = buffered.as_ref().and_then(|b| std::str::from_utf8(b).ok());
+        for allowlist in &after {
+            let body = if inspects_body(allowlist) { text } else { None };
+            let check = AllowCheck { request: &head, route: &name, identity: &identity, body };
+            if let Err(response) = self.allow(allowlist, &check, conn, &mut remove).await {
+                return (name, response);
+            }
+        }
+
+        // 5. Upstream.
+        (name.clone(), self.upstream(Request::from_parts(parts, body), &forward, &remove, &head, conn, &name).await)
+    }
+
+    async fn upstream(
+        &self,
+        req: Request<Body>,
+        forward: &Forward,
+        remove: &[String],
+        head: &RequestHead,
+        conn: &Connection,
+        route: &str,
+    ) -> Response<Body> {
+        let peer = conn.peer.ip();
+        let facts = ClientFacts {
+            peer,
+            trusted: self.trusted_proxies.contains(peer),
+            scheme: self.scheme,
+            authority: &head.authority,
+        };
+        let upstreams = &self.state.metrics.upstream_responses;
+        match self.upstreams.forward(req, forward, remove, &facts).await {
+            Ok(response) => {
+                let status = response.status().as_str().to_string();
+                upstreams.get_or_create(&UpstreamLabels { route: route.to_string(), status }).inc();
+                response
+            }
+            Err(error) => {
+                upstreams
+                    .get_or_create(&UpstreamLabels { route: route.to_string(), status: error.label().into() })
+                    .inc();
+                tracing::warn!(route, upstream = %forward.upstream, %error, "upstream did not answer");
+                let code = if error.status() == 504 { "gateway_timeout" } else { "bad_gateway" };
+                json_response(error.status(), code, &error.to_string())
+            }
+        }
+    }
+
+    /// Runs one allowlist; `Err` is the 403 (or 502) to send.
+    async fn allow(
+        &self,
+        allowlist: &Plugin,
+        check: &AllowCheck<'_>,
+        conn: &Connection,
+        remove: &mut Vec<String>,
+    ) -> Result<(), Response<Body>> {
+        match self.call(allowlist.check_request_async(check)).await {
+            Ok(AllowDecision { allowed: true, remove_headers, .. }) => {
+                self.count(allowlist.name(), "allowed");
+                remove.extend(remove_headers);
+                Ok(())
+            }
+            Ok(AllowDecision { reason, .. }) => {
+                self.count(allowlist.name(), "denied");
+                tracing::info!(plugin = allowlist.name(), route = check.route, peer = %conn.peer, %reason, "denied");
+                Err(json_response(403, "forbidden", &reason))
+            }
+            Err(error) => {
+                self.count(allowlist.name(), "error");
+                tracing::warn!(plugin = allowlist.name(), %error, "allowlist failed; denying");
+                // An allowlist that cannot answer never lets a request through.
+                Err(json_response(403, "forbidden", "allowlist-unavailable"))
+            }
+        }
+    }
+
+    /// Runs a plugin call holding one of the host's call permits.
+    async fn call<T>(&self, call: impl Future<Output = T>) -> T {
+        let _permit = self.state.permits.acquire().await;
+        call.await
+    }
+
+    fn count(&self, plugin: &str, decision: &'static str) {
+        self.state
+            .metrics
+            .gateway_decisions
+            .get_or_create(&GatewayDecisionLabels { plugin: plugin.to_string(), decision })
+            .inc();
+    }
+}
+
+fn subject(plugin: &Plugin) -> Option<SubjectKind> {
+    match plugin.metadata() {
+        PluginMetadata::Allowlist(m) => Some(m.subject),
+        _ => None,
+    }
+}
+
+fn inspects_body(plugin: &Plugin) -> bool {
+    matches!(plugin.metadata(), PluginMetadata::Allowlist(m) if m.inspect_body)
+}
+
+/// Only requests that carry a body are buffered for inspection.
+fn has_body(req: &Request<Incoming>) -> bool {
+    matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+        && req.headers().get(CONTENT_LENGTH).is_none_or(|v| v != "0")
+}
+
+/// The request head plugins see: the request as the client sent it.
+fn request_head(req: &Request<Incoming>, conn: &Connection, scheme: &str) -> RequestHead {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_default();
+    RequestHead {
+        method: req.method().as_str().to_string(),
+        scheme: scheme.to_string(),
+        authority,
+        path: req.uri().path().to_string(),
+        query: req.uri().query().map(str::to_string),
+        headers: req
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some(Header { name: n.as_str().to_string(), value: v.to_str().ok()?.to_string() }))
+            .collect(),
+        client_addr: conn.peer.to_string(),
+        tls: conn.tls.as_ref().map(|t| TlsInfo {
+            server_name: t.server_name.clone(),
+            alpn: t.alpn.clone(),
+            version: t.version.clone(),
+        }),
+    }
+}
+
+/// The host name without port, lower case (`[::1]:8080` → `::1`).
+fn host_of(authority: &str) -> String {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.to_ascii_lowercase()
+}
+
+/// A route's direct answer, checked: an invalid status or header becomes 502.
+fn direct(respond: Respond) -> Response<Body> {
+    let Ok(status) = http::StatusCode::from_u16(respond.status) else {
+        return json_response(502, "bad_gateway", "the route plugin answered an invalid status");
+    };
+    let mut response = Response::new(full(Bytes::from(respond.body)));
+    *response.status_mut() = status;
+    for Header { name, value } in respond.headers {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+            (Ok(name), Ok(value)) => {
+                response.headers_mut().append(name, value);
+            }
+            _ => return json_response(502, "bad_gateway", "the route plugin answered an invalid header"),
+        }
+    }
+    response
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// `{"error": code, "reason": reason}` with `status`.
+pub fn json_response(status: u16, code: &str, reason: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": code, "reason": reason }).to_string() + "\n";
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(host_of("API.example.com:8080"), "api.example.com");
+        assert_eq!(host_of("[::1]:8080"), "::1");
+        assert_eq!(host_of("localhost"), "localhost");
+    }
+}

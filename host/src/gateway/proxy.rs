@@ -1,0 +1,308 @@
+//! Forwarding a request to its upstream: pooled keep-alive connections,
+//! bodies streamed both ways, hop-by-hop headers dropped (RFC 9110 §7.6.1),
+//! `X-Forwarded-*` set by the gateway alone, and timeouts that become 502 or
+//! 504 with a short reason.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::contract::types::{Forward, Header};
+
+/// The body type of every gateway request and response.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus `Proxy-Authorization`, meant for this gateway only.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers the gateway sets itself; copies from clients that are not
+/// trusted proxies are dropped.
+const FORWARDED: [&str; 4] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
+
+/// Limits of the upstream side.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Connecting to an upstream takes at most this.
+    pub connect_timeout: Duration,
+    /// The upstream's response head arrives within this.
+    pub response_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream.
+    pub max_idle_per_host: usize,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+            max_idle_per_host: 64,
+        }
+    }
+}
+
+/// Why a request did not reach its upstream, as the client will be told.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The plugin named an upstream that is not a usable URL.
+    #[error("upstream {0:?} is not an http:// URL")]
+    BadUpstream(String),
+    /// No connection could be made.
+    #[error("upstream unreachable")]
+    Connect,
+    /// No response head in time.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The connection failed mid-way.
+    #[error("upstream failed")]
+    Failed,
+}
+
+impl UpstreamError {
+    /// The status the client gets.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Timeout => 504,
+            _ => 502,
+        }
+    }
+
+    /// A label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::BadUpstream(_) => "bad_upstream",
+            Self::Connect => "connect_error",
+            Self::Timeout => "timeout",
+            Self::Failed => "error",
+        }
+    }
+}
+
+/// The pooled client every route shares.
+#[derive(Clone)]
+pub struct Upstreams {
+    client: Client<HttpConnector, Body>,
+    options: UpstreamOptions,
+}
+
+/// Facts about the client connection the forwarded headers carry.
+pub struct ClientFacts<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// True when the peer is a trusted proxy: its `X-Forwarded-*` are kept
+    /// and extended rather than replaced.
+    pub trusted: bool,
+    /// "http" or "https".
+    pub scheme: &'a str,
+    /// The host the client asked for.
+    pub authority: &'a str,
+}
+
+impl Upstreams {
+    /// A client with pooled keep-alive connections.
+    pub fn new(options: UpstreamOptions) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(options.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(options.max_idle_per_host)
+            .build(connector);
+        Self { client, options }
+    }
+
+    /// Sends `req` to the upstream `forward` names, with its headers
+    /// rewritten; returns the upstream's response with its body streaming.
+    pub async fn forward(
+        &self,
+        mut req: Request<Body>,
+        forward: &Forward,
+        remove: &[String],
+        client: &ClientFacts<'_>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let uri = upstream_uri(&forward.upstream, req.uri())?;
+        rewrite_request_headers(req.headers_mut(), forward, remove, client);
+        if let Some(authority) = uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(HOST, host);
+        }
+        *req.uri_mut() = uri;
+        // Upstreams speak HTTP/1.1 whatever the client spoke.
+        *req.version_mut() = Version::HTTP_11;
+        let response = match tokio::time::timeout(self.options.response_timeout, self.client.request(req)).await {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(Err(error)) if error.is_connect() => return Err(UpstreamError::Connect),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "upstream request failed");
+                return Err(UpstreamError::Failed);
+            }
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+/// `base` (`http://host:port[/prefix]`) joined with the request's path and query.
+fn upstream_uri(base: &str, request: &Uri) -> Result<Uri, UpstreamError> {
+    let bad = || UpstreamError::BadUpstream(base.to_string());
+    let parsed: Uri = base.parse().map_err(|_| bad())?;
+    if parsed.scheme_str() != Some("http") || parsed.authority().is_none() || parsed.query().is_some() {
+        return Err(bad());
+    }
+    let prefix = parsed.path().trim_end_matches('/');
+    let path_and_query = request.path_and_query().map_or("/", |p| p.as_str());
+    let joined = format!("http://{}{prefix}{path_and_query}", parsed.authority().map_or("", |a| a.as_str()));
+    joined.parse().map_err(|_| bad())
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Drops hop-by-hop headers and what allowlists and the route remove, sets
+/// the route's headers (replacing every client-sent value), then the
+/// `X-Forwarded-*` headers.
+pub fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    forward: &Forward,
+    remove: &[String],
+    client: &ClientFacts<'_>,
+) {
+    strip_hop_by_hop(headers);
+    for name in remove.iter().chain(&forward.remove_headers) {
+        headers.remove(name.as_str());
+    }
+    for Header { name, value } in &forward.set_headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.insert(name, value);
+        }
+    }
+    let prior = if client.trusted {
+        let chain: Vec<&str> =
+            headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::trim).collect();
+        Some(chain.join(", ")).filter(|c| !c.is_empty())
+    } else {
+        for name in FORWARDED {
+            headers.remove(name);
+        }
+        None
+    };
+    let peer = client.peer.to_string();
+    let chain = match prior {
+        Some(prior) => format!("{prior}, {peer}"),
+        None => peer,
+    };
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert("x-forwarded-for", value);
+    }
+    if !(client.trusted && headers.contains_key("x-forwarded-proto"))
+        && let Ok(value) = HeaderValue::from_str(client.scheme)
+    {
+        headers.insert("x-forwarded-proto", value);
+    }
+    if !(client.trusted && headers.contains_key("x-forwarded-host"))
+        && let Ok(value) = HeaderValue::from_str(client.authority)
+    {
+        headers.insert("x-forwarded-host", value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward(set: &[(&str, &str)], remove: &[&str]) -> Forward {
+        Forward {
+            upstream: "http://up:80".into(),
+            set_headers: set.iter().map(|(n, v)| Header { name: n.to_string(), value: v.to_string() }).collect(),
+            remove_headers: remove.iter().map(|s| s.to_string()).collect(),
+            identity: None,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (n, v) in pairs {
+            map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn upstream_uris_join_prefix_path_and_query() {
+        let req: Uri = "/rest/items?select=id".parse().unwrap();
+        assert_eq!(upstream_uri("http://10.0.0.5:3000", &req).unwrap(), "http://10.0.0.5:3000/rest/items?select=id");
+        assert_eq!(upstream_uri("http://up/base/", &req).unwrap(), "http://up/base/rest/items?select=id");
+        assert!(upstream_uri("https://up", &req).is_err());
+        assert!(upstream_uri("up:80", &req).is_err());
+    }
+
+    #[test]
+    fn untrusted_clients_cannot_forge_forwarded_headers() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("connection", "x-secret, keep-alive"),
+            ("x-secret", "s"),
+            ("authorization", "Bearer client"),
+            ("authorization", "Bearer second"),
+            ("x-remove-me", "1"),
+        ]);
+        let facts =
+            ClientFacts { peer: "198.51.100.9".parse().unwrap(), trusted: false, scheme: "http", authority: "gw" };
+        rewrite_request_headers(
+            &mut h,
+            &forward(&[("authorization", "Bearer backend")], &["x-remove-me"]),
+            &[],
+            &facts,
+        );
+        assert_eq!(h.get_all("authorization").iter().collect::<Vec<_>>(), ["Bearer backend"]);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.9");
+        assert!(!h.contains_key("forwarded") && !h.contains_key("x-secret") && !h.contains_key("connection"));
+        assert!(!h.contains_key("x-remove-me"));
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "gw");
+    }
+
+    #[test]
+    fn trusted_proxies_chains_are_extended() {
+        let mut h = headers(&[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https")]);
+        let facts = ClientFacts { peer: "10.0.0.2".parse().unwrap(), trusted: true, scheme: "http", authority: "gw" };
+        rewrite_request_headers(&mut h, &forward(&[], &[]), &[], &facts);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

@@ -1,0 +1,693 @@
+//! The gateway end to end: the real binary in front of real upstream HTTP
+//! servers started here, which record every request they receive. Each test
+//! is a table from `../shared/reference/gateway-and-allowlists.md`: the
+//! request, the exact status, and exactly what the upstream saw.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use support::{Server, client, guests, install, post_review};
+
+/// One request an upstream received.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    /// Every header, lower-case names, in order.
+    headers: Vec<(String, String)>,
+    body_len: usize,
+    body_sha256: String,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP/1.1 server on loopback that records what it receives and
+/// answers `{"upstream": <name>}`. `GET /stream?bytes=N` answers N bytes:
+/// 64 KiB at once, the rest only after [`Upstream::release`].
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    gate: Arc<tokio::sync::Notify>,
+}
+
+impl Upstream {
+    async fn start(name: &'static str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (record, release) = (seen.clone(), gate.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (record, release) = (record.clone(), release.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (record, release) = (record.clone(), release.clone());
+                        async move { Ok::<_, Infallible>(answer(name, req, record, release).await) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        Upstream { addr, seen, gate }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn release(&self) {
+        self.gate.notify_one();
+    }
+}
+
+type AnyBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(
+    name: &str,
+    req: hyper::Request<hyper::body::Incoming>,
+    record: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<tokio::sync::Notify>,
+) -> hyper::Response<AnyBody> {
+    let method = req.method().to_string();
+    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("<binary>").to_string()))
+        .collect();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let seen = Seen {
+        method,
+        path: path.clone(),
+        headers,
+        body_len: body.len(),
+        body_sha256: hex::encode(Sha256::digest(&body)),
+    };
+    record.lock().unwrap().push(seen);
+    if let Some(bytes) = path.strip_prefix("/stream?bytes=") {
+        let total: usize = bytes.parse().unwrap();
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
+        tokio::spawn(async move {
+            let first = 64 << 10;
+            let _ = tx.send_data(Bytes::from(vec![b'a'; first])).await;
+            release.notified().await;
+            let mut left = total - first;
+            while left > 0 {
+                let n = left.min(1 << 20);
+                if tx.send_data(Bytes::from(vec![b'b'; n])).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+        });
+        return hyper::Response::new(body.boxed());
+    }
+    let body = json!({"upstream": name}).to_string();
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)).boxed());
+    response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+    // A hop-by-hop header the gateway must not pass back.
+    response.headers_mut().insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+    response
+}
+
+fn data(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(path)).unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+fn client_key() -> EncodingKey {
+    EncodingKey::from_rsa_pem(data("jwt/client-rs256.key").as_bytes()).unwrap()
+}
+
+fn rs256(claims: Value) -> String {
+    sign(Algorithm::RS256, &client_key(), Some("client-1"), &claims)
+}
+
+/// A compact JWS with `alg: none` and no signature.
+fn unsigned(claims: &Value) -> String {
+    use base64::Engine as _;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(claims))
+}
+
+fn write_settings(dir: &Path, stem: &str, settings: &Value) {
+    // Write then rename, as operators' tools do, so the watcher never reads half a file.
+    let tmp = dir.join(format!(".{stem}.tmp"));
+    std::fs::write(&tmp, serde_json::to_string_pretty(settings).unwrap()).unwrap();
+    std::fs::rename(tmp, dir.join(format!("{stem}.settings.json"))).unwrap();
+}
+
+fn gateway_url(server: &Server, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", server.gateway.expect("gateway listening").port())
+}
+
+fn http() -> reqwest::Client {
+    support::plain()
+}
+
+/// Polls until `request` answers `status` (a live edit has applied).
+async fn eventually(request: impl Fn() -> reqwest::RequestBuilder, status: u16) {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = request().send().await.unwrap().status().as_u16();
+        if got == status {
+            return;
+        }
+        assert!(Instant::now() < give_up, "still {got}, expected {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct JwtCase {
+    name: &'static str,
+    authorization: Option<String>,
+    status: u16,
+    /// Which upstream must have received it (index), when forwarded.
+    upstream: Option<usize>,
+    /// Text the WWW-Authenticate header must hold (401s).
+    challenge: Option<&'static str>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_org_router_follows_the_reference_table() {
+    let upstreams = [Upstream::start("org-a").await, Upstream::start("org-b").await];
+    let dir = tempfile::tempdir().unwrap();
+    let settings = json!({
+        "keys": [{"kid": "client-1", "algorithm": "RS256", "pem": data("jwt/client-rs256.pub.pem")}],
+        "orgs": {
+            "org-a": {"upstream": upstreams[0].url(), "backendToken": "backend-token-a"},
+            "org-b": {"upstream": upstreams[1].url(), "backendToken": "backend-token-b"}
+        },
+        "clockSkewSeconds": 30
+    });
+    install(dir.path(), "jwt-org-router", guests::JWT_ORG_ROUTER, Some(&settings.to_string()));
+    let server = Server::start(dir.path(), &[]);
+
+    let t = now();
+    let attacker = EncodingKey::from_rsa_pem(data("jwt/attacker-rs256.key").as_bytes()).unwrap();
+    let es256 = EncodingKey::from_ec_pem(data("jwt/client-es256.key").as_bytes()).unwrap();
+    let public_as_secret = EncodingKey::from_secret(data("jwt/client-rs256.pub.pem").as_bytes());
+    let bearer = |token: String| Some(format!("Bearer {token}"));
+    let valid = |org: &str| json!({"org": org, "sub": "client-7", "exp": t + 600});
+    let cases = vec![
+        JwtCase {
+            name: "valid org A",
+            authorization: bearer(rs256(valid("org-a"))),
+            status: 200,
+            upstream: Some(0),
+            challenge: None,
+        },
+        JwtCase {
+            name: "valid org B",
+            authorization: bearer(rs256(valid("org-b"))),
+            status: 200,
+            upstream: Some(1),
+            challenge: None,
+        },
+        JwtCase {
+            name: "lower-case bearer scheme",
+            authorization: Some(format!("bearer {}", rs256(valid("org-a")))),
+            status: 200,
+            upstream: Some(0),
+            challenge: None,
+        },
+        JwtCase {
+            name: "expired within the clock skew",
+            authorization: bearer(rs256(json!({"org": "org-a", "exp": t - 10}))),
+            status: 200,
+            upstream: Some(0),
+            challenge: None,
+        },
+        JwtCase {
+            name: "expired",
+            authorization: bearer(rs256(json!({"org": "org-a", "exp": t - 3600}))),
+            status: 401,
+            upstream: None,
+            challenge: Some("invalid_token"),
+        },
+        JwtCase {
+            name: "bad signature",
+            authorization: bearer(sign(Algorithm::RS256, &attacker, Some("client-1"), &valid("org-a"))),
+            status: 401,
+            upstream: None,
+            challenge: Some("invalid_token"),
+        },
+        JwtCase {
+            name: "alg none",
+            authorization: bearer(unsigned(&valid("org-a"))),
+            status: 401,
+            upstream: None,
+            challenge: Some("invalid_token"),
+        },
+        JwtCase {
+            name: "HS256 with the public key as secret",
+            authorization: bearer(sign(Algorithm::HS256, &public_as_secret, Some("client-1"), &valid("org-a"))),
+            status: 401,
+            upstream: None,
+            challenge: Some("invalid_token"),
+        },
+        JwtCase {
+            name: "ES256, not configured",
+            authorization: bearer(sign(Algorithm::ES256, &es256, None, &valid("org-a"))),
+            status: 401,
+            upstream: None,
+            challenge: Some("invalid_token"),
+        },
+        JwtCase {
+            name: "no exp",
+            authorization: bearer(rs256(json!({"org": "org-a"}))),
+            status: 401,
+            upstream: None,
+            challenge: Some("invalid_token"),
+        },
+        JwtCase {
+            name: "nbf in the future",
+            authorization: bearer(rs256(json!({"org": "org-a", "exp": t + 7200, "nbf": t + 3600}))),
+            status: 401,
+            upstream: None,
+            challenge: Some("invalid_token"),
+        },
+        JwtCase {
+            name: "unknown kid",
+            authorization: bearer(sign(Algorithm::RS256, &client_key(), Some("other"), &valid("org-a"))),
+            status: 401,
+            upstream: None,
+            challenge: Some("invalid_token"),
+        },
+        JwtCase {
+            name: "unknown org",
+            authorization: bearer(rs256(valid("org-c"))),
+            status: 403,
+            upstream: None,
+            challenge: None,
+        },
+        JwtCase {
+            name: "org in upper case",
+            authorization: bearer(rs256(valid("ORG-A"))),
+            status: 403,
+            upstream: None,
+            challenge: None,
+        },
+        JwtCase {
+            name: "org in mixed case",
+            authorization: bearer(rs256(valid("Org-a"))),
+            status: 403,
+            upstream: None,
+            challenge: None,
+        },
+        JwtCase {
+            name: "org with a trailing space",
+            authorization: bearer(rs256(valid("org-a "))),
+            status: 403,
+            upstream: None,
+            challenge: None,
+        },
+        JwtCase {
+            name: "org claim not a string",
+            authorization: bearer(rs256(json!({"org": ["org-a"], "exp": t + 600}))),
+            status: 403,
+            upstream: None,
+            challenge: None,
+        },
+        JwtCase {
+            name: "no Authorization header",
+            authorization: None,
+            status: 401,
+            upstream: None,
+            challenge: Some("Bearer realm=\"tollgate\""),
+        },
+        JwtCase {
+            name: "Basic auth",
+            authorization: Some("Basic dXNlcjpwYXNz".into()),
+            status: 401,
+            upstream: None,
+            challenge: Some("Bearer realm=\"tollgate\""),
+        },
+        JwtCase {
+            name: "Bearer, not a JWT",
+            authorization: Some("Bearer abc".into()),
+            status: 401,
+            upstream: None,
+            challenge: Some("invalid_token"),
+        },
+    ];
+    let gateway_port = server.gateway.unwrap().port();
+    for case in cases {
+        let before = [upstreams[0].seen().len(), upstreams[1].seen().len()];
+        let mut request = http()
+            .get(gateway_url(&server, "/rest/items?select=id"))
+            // Identity and forwarding headers a client may try to forge.
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-host", "evil.example")
+            .header("forwarded", "for=6.6.6.6");
+        if let Some(auth) = &case.authorization {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, case.status, "{}: {body}", case.name);
+        match case.challenge {
+            Some(expected) => {
+                let challenge = challenge.unwrap_or_else(|| panic!("{}: no WWW-Authenticate", case.name));
+                assert!(challenge.starts_with("Bearer realm=\"tollgate\""), "{}: {challenge}", case.name);
+                assert!(challenge.contains(expected), "{}: {challenge}", case.name);
+            }
+            None => assert!(challenge.is_none(), "{}", case.name),
+        }
+        let after = [upstreams[0].seen().len(), upstreams[1].seen().len()];
+        match case.upstream {
+            Some(i) => {
+                assert_eq!(body["upstream"], ["org-a", "org-b"][i], "{}", case.name);
+                assert_eq!(after[i], before[i] + 1, "{}", case.name);
+                assert_eq!(after[1 - i], before[1 - i], "{}", case.name);
+                let seen = upstreams[i].seen().pop().unwrap();
+                assert_eq!((seen.method.as_str(), seen.path.as_str()), ("GET", "/rest/items?select=id"));
+                // Exactly these headers, nothing the client forged.
+                let mut headers = seen.headers.clone();
+                headers.sort();
+                let mut expected = vec![
+                    ("accept".to_string(), "*/*".to_string()),
+                    ("authorization".into(), format!("Bearer backend-token-{}", ["a", "b"][i])),
+                    ("host".into(), upstreams[i].addr.to_string()),
+                    ("x-forwarded-for".into(), "127.0.0.1".into()),
+                    ("x-forwarded-host".into(), format!("127.0.0.1:{gateway_port}")),
+                    ("x-forwarded-proto".into(), "http".into()),
+                ];
+                expected.sort();
+                assert_eq!(headers, expected, "{}", case.name);
+            }
+            None => {
+                assert_eq!(after, before, "{}: nothing may reach an upstream", case.name);
+                assert!(body["error"].as_str().is_some(), "{}: {body}", case.name);
+            }
+        }
+    }
+    let metrics = server.metrics_text().await;
+    assert!(metrics.contains("tollgate_gateway_requests_total{route=\"jwt-org-router\",status=\"401\"}"), "{metrics}");
+    assert!(metrics.contains("tollgate_upstream_responses_total{route=\"jwt-org-router\",status=\"200\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_allowlist_follows_oauth2_proxy_and_applies_edits_live() {
+    let upstream = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    let list = |entries: Value| json!({"emails": entries, "identityHeader": "X-Forwarded-Email", "trustedProxies": ["127.0.0.1/32"]});
+    install(
+        dir.path(),
+        "email-allowlist",
+        guests::EMAIL_ALLOWLIST,
+        Some(&list(json!(["alice@example.org", "example.com", ".corp.example.net"])).to_string()),
+    );
+    let server = Server::start(dir.path(), &[]);
+    let ask = |email: Option<&'static str>| {
+        let mut request = http().get(gateway_url(&server, "/"));
+        if let Some(email) = email {
+            request = request.header("x-forwarded-email", email);
+        }
+        request
+    };
+    for (email, status, reason) in [
+        (Some("alice@example.org"), 200, None),
+        (Some("ALICE@Example.ORG"), 200, None),
+        (Some("  alice@example.org "), 200, None),
+        (Some("bob@example.org"), 403, Some("email-not-listed")),
+        (Some("anyone@example.com"), 200, None),
+        (Some("anyone@sub.example.com"), 403, Some("email-not-listed")),
+        (Some("dev@eu.corp.example.net"), 200, None),
+        (Some("dev@corp.example.net"), 403, Some("email-not-listed")),
+        (Some("alice@example.org@evil.com"), 403, Some("email-malformed")),
+        (Some("alice"), 403, Some("email-malformed")),
+        (Some("@example.com"), 403, Some("email-malformed")),
+        (None, 403, Some("no-identity")),
+    ] {
+        let before = upstream.seen().len();
+        let response = ask(email).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{email:?}");
+        let body: Value = response.json().await.unwrap();
+        match reason {
+            Some(reason) => {
+                assert_eq!(body, json!({"error": "forbidden", "reason": reason}), "{email:?}");
+                assert_eq!(upstream.seen().len(), before, "{email:?} must not reach the app");
+            }
+            None => {
+                // From the trusted SSO proxy, the header goes on to the app
+                // (HTTP drops the spaces around a field value).
+                assert_eq!(
+                    upstream.seen().pop().unwrap().header("x-forwarded-email"),
+                    email.map(str::trim),
+                    "{email:?}"
+                );
+            }
+        }
+    }
+
+    // Removing a line revokes access on the next requests.
+    write_settings(dir.path(), "email-allowlist", &list(json!(["example.com"])));
+    eventually(|| ask(Some("alice@example.org")), 403).await;
+    assert_eq!(ask(Some("x@example.com")).send().await.unwrap().status(), 200);
+    // A broken edit keeps the last good list, and says why.
+    write_settings(dir.path(), "email-allowlist", &list(json!(["not an address@"])));
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value =
+            http().get(format!("http://{}/plugins", server.metrics)).send().await.unwrap().json().await.unwrap();
+        if status["refused"].to_string().contains("is not an e-mail address") {
+            break;
+        }
+        assert!(Instant::now() < give_up, "refusal not reported: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ask(Some("x@example.com")).send().await.unwrap().status(), 200);
+    assert_eq!(ask(Some("alice@example.org")).send().await.unwrap().status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_from_clients_are_neither_trusted_nor_passed_on() {
+    // The SSO proxy is elsewhere (10.0.0.0/8): a client's own
+    // X-Forwarded-Email is ignored; the identity comes from its verified token.
+    let upstream = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let router = json!({
+        "keys": [{"kid": "client-1", "algorithm": "RS256", "pem": data("jwt/client-rs256.pub.pem")}],
+        "orgs": {"org-a": {"upstream": upstream.url(), "backendToken": "backend-token-a"}}
+    });
+    install(dir.path(), "jwt-org-router", guests::JWT_ORG_ROUTER, Some(&router.to_string()));
+    let emails = json!({"emails": ["alice@example.org"], "identityHeader": "X-Forwarded-Email", "trustedProxies": ["10.0.0.0/8"]});
+    install(dir.path(), "email-allowlist", guests::EMAIL_ALLOWLIST, Some(&emails.to_string()));
+    let server = Server::start(dir.path(), &[]);
+    let token = |email: &str| rs256(json!({"org": "org-a", "email": email, "exp": now() + 600}));
+    let ask = |email: &str, spoof: &str| {
+        http()
+            .get(gateway_url(&server, "/"))
+            .header("authorization", format!("Bearer {}", token(email)))
+            .header("x-forwarded-email", spoof)
+    };
+    let response = ask("alice@example.org", "mallory@example.org").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-email"), None, "the client's copy is removed");
+    assert_eq!(seen.header("authorization"), Some("Bearer backend-token-a"));
+    let response = ask("mallory@example.org", "alice@example.org").send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(response.json::<Value>().await.unwrap()["reason"], "email-not-listed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cidr_allowlist_checks_the_real_client_address() {
+    let upstream = Upstream::start("digdag").await;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    install(
+        dir.path(),
+        "cidr-allowlist",
+        guests::CIDR_ALLOWLIST,
+        Some(&json!({"allow": ["127.0.0.1/32"]}).to_string()),
+    );
+    // Dual stack: IPv4 clients arrive as ::ffff:127.0.0.1.
+    let server = Server::start(dir.path(), &["--gateway-addr", "[::]:0"]);
+    let port = server.gateway.unwrap().port();
+    let v4 = |xff: Option<&'static str>| {
+        let request = http().get(format!("http://127.0.0.1:{port}/workflows"));
+        match xff {
+            Some(xff) => request.header("x-forwarded-for", xff),
+            None => request,
+        }
+    };
+    let v6 = |xff: Option<&'static str>| {
+        let request = http().get(format!("http://[::1]:{port}/workflows"));
+        match xff {
+            Some(xff) => request.header("x-forwarded-for", xff),
+            None => request,
+        }
+    };
+    let status = |request: reqwest::RequestBuilder| async move { request.send().await.unwrap().status().as_u16() };
+    assert_eq!(status(v4(None)).await, 200, "inside");
+    assert_eq!(status(v6(None)).await, 403, "IPv6 peer outside the list");
+    assert_eq!(status(v6(Some("127.0.0.1"))).await, 403, "spoofed X-Forwarded-For from an untrusted peer");
+    let denied: Value = v6(None).send().await.unwrap().json().await.unwrap();
+    assert_eq!(denied, json!({"error": "forbidden", "reason": "address-not-allowed"}));
+
+    // Only ::1, and 127.0.0.1 is now a trusted proxy.
+    write_settings(dir.path(), "cidr-allowlist", &json!({"allow": ["::1/128"], "trustedProxies": ["127.0.0.1"]}));
+    eventually(|| v6(None), 200).await;
+    assert_eq!(status(v4(None)).await, 403, "the proxy itself is not the client");
+    assert_eq!(status(v4(Some("::1"))).await, 200, "the client named by a trusted proxy");
+    assert_eq!(status(v4(Some("::1, 127.0.0.1"))).await, 200, "trusted hops are skipped");
+    assert_eq!(status(v4(Some("2001:db8::1"))).await, 403);
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("denied") && log.contains("peer=[::1]"), "denials are logged with the peer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_routing_and_streaming() {
+    let upstream = Upstream::start("big").await;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    let server = Server::start(dir.path(), &["--upstream-timeout-ms", "2000"]);
+
+    // A large request body arrives whole.
+    let body: Vec<u8> = (0..(48u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let response = http().post(gateway_url(&server, "/upload")).body(body.clone()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.body_len, body.len());
+    assert_eq!(seen.body_sha256, hex::encode(Sha256::digest(&body)));
+
+    // The response streams: its first bytes reach the client before the
+    // upstream has written the rest (buffering would deadlock here).
+    let total = 32usize << 20;
+    let mut response = http().get(gateway_url(&server, &format!("/stream?bytes={total}"))).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(10), response.chunk()).await.expect("first bytes stream");
+    let mut received = first.unwrap().unwrap().len();
+    upstream.release();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        received += chunk.len();
+    }
+    assert_eq!(received, total);
+
+    // Upstream down: 502 with a short reason. Upstream slow: 504.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    write_settings(dir.path(), "pass-route", &json!({"upstream": format!("http://{closed}")}));
+    eventually(|| http().get(gateway_url(&server, "/")), 502).await;
+    let body: Value = http().get(gateway_url(&server, "/")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body, json!({"error": "bad_gateway", "reason": "upstream unreachable"}));
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    write_settings(dir.path(), "pass-route", &json!({"upstream": format!("http://{}", silent.local_addr().unwrap())}));
+    eventually(|| http().get(gateway_url(&server, "/")), 504).await;
+
+    // A route answering directly; and no route at all.
+    write_settings(dir.path(), "pass-route", &json!({"upstream": upstream.url(), "respond": 418}));
+    eventually(|| http().get(gateway_url(&server, "/")), 418).await;
+    let response = http().get(gateway_url(&server, "/")).send().await.unwrap();
+    assert_eq!(response.headers()["x-answered-by"], "pass-route");
+    std::fs::remove_file(dir.path().join("pass-route.wasm")).unwrap();
+    eventually(|| http().get(gateway_url(&server, "/")), 404).await;
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_allowlist_guards_admission_and_gateway_creation() {
+    let upstream = Upstream::start("airbyte").await;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    let catalog = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/catalog-allowlist/catalog-allowlist.settings.json"),
+    )
+    .unwrap();
+    install(dir.path(), "catalog-allowlist", guests::CATALOG_ALLOWLIST, Some(&catalog));
+    let server = Server::start(dir.path(), &[]);
+
+    let create = |path: &str, body: Value| http().post(gateway_url(&server, path)).json(&body).send();
+    let cases = [
+        ("/api/v1/source_definitions/create_custom", json!({"sourceDefinition": {"name": "Coin API"}}), 200, None),
+        (
+            "/api/v1/source_definitions/create_custom",
+            json!({"sourceDefinition": {"name": "coingecko coins "}}),
+            200,
+            None,
+        ),
+        (
+            "/api/v1/source_definitions/create_custom",
+            json!({"sourceDefinition": {"name": "Postgres"}}),
+            403,
+            Some("connector-not-listed"),
+        ),
+        ("/api/v1/destination_definitions/create", json!({"destinationDefinition": {"name": "BigQuery"}}), 200, None),
+        (
+            "/api/v1/destination_definitions/create",
+            json!({"destinationDefinition": {"name": "Snowflake"}}),
+            403,
+            Some("connector-not-listed"),
+        ),
+        ("/api/v1/destination_definitions/create", json!({"other": 1}), 403, Some("no-connector-name")),
+        ("/api/v1/sources/list", json!({"workspaceId": "w"}), 200, None),
+    ];
+    for (path, body, status, reason) in cases {
+        let before = upstream.seen().len();
+        let response = create(path, body.clone()).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path} {body}");
+        let answer: Value = response.json().await.unwrap();
+        match reason {
+            Some(reason) => {
+                assert_eq!(answer["reason"], reason, "{path} {body}");
+                assert_eq!(upstream.seen().len(), before);
+            }
+            None => {
+                // The inspected body still reaches the upstream, whole.
+                let seen = upstream.seen().pop().unwrap();
+                assert_eq!(seen.body_sha256, hex::encode(Sha256::digest(body.to_string())), "{path}");
+            }
+        }
+    }
+
+    // The same list as an admission plugin.
+    let tls = client(&server.ca(), None);
+    let review = |kind: &str, connector: &str| {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "c1", "kind": {"group": "airbyte.tollgate.io", "version": "v1", "kind": kind},
+            "resource": {"group": "airbyte.tollgate.io", "version": "v1", "resource": "sources"},
+            "namespace": "data", "operation": "CREATE", "userInfo": {"username": "dev"},
+            "object": {"metadata": {"name": "x"}, "spec": {"connector": connector}}}})
+    };
+    let url = server.url("/validate/catalog-allowlist");
+    let allowed = post_review(&tls, &url, &review("Source", "CoinMarketCap")).await;
+    assert_eq!(allowed["response"]["allowed"], true, "{allowed}");
+    let denied = post_review(&tls, &url, &review("Destination", "Snowflake")).await;
+    assert_eq!(denied["response"]["allowed"], false);
+    assert_eq!(denied["response"]["status"]["code"], 403);
+    assert!(denied["response"]["status"]["message"].as_str().unwrap().contains("Snowflake"));
+}
