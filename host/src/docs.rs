@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::contract::types::{LabelSelector, SelectorOperator, Webhook};
 use crate::metadata::PluginMetadata;
 use crate::registry::Registry;
-use crate::summary::{failure_policy_name, operation_name, scope_name, subject_name};
+use crate::summary::{failure_policy_name, rule_fields, subject_name};
 
 /// Output format of `tollgate docs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -133,18 +133,8 @@ fn webhook(out: &mut String, hook: &Webhook, path: &str) {
     }
     out.push_str("\n| Operations | API groups | API versions | Resources | Scope |\n|---|---|---|---|---|\n");
     for rule in &hook.rules {
-        let ops: Vec<&str> = rule.operations.iter().map(|o| operation_name(*o)).collect();
-        let groups: Vec<String> =
-            rule.api_groups.iter().map(|g| if g.is_empty() { "\"\" (core)".into() } else { g.clone() }).collect();
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} |",
-            ops.join(", "),
-            groups.join(", "),
-            rule.api_versions.join(", "),
-            rule.resources.join(", "),
-            scope_name(rule.scope)
-        );
+        let [ops, groups, versions, resources, scope] = rule_fields(rule, ", ", "\"\" (core)");
+        let _ = writeln!(out, "| {ops} | {groups} | {versions} | {resources} | {scope} |");
     }
     out.push('\n');
 }

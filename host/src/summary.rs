@@ -153,17 +153,22 @@ fn render_webhook(out: &mut String, webhook: &Webhook, path: &str) {
 
 /// A rule as the API server spells its fields.
 pub fn render_rule(rule: &Rule) -> String {
+    let [ops, groups, versions, resources, scope] = rule_fields(rule, ",", "\"\"");
+    format!("{ops} groups={groups} versions={versions} resources={resources} scope={scope}")
+}
+
+/// A rule's operations, API groups (the core group, named "", written as `core`),
+/// versions, resources and scope, each list joined with `separator`.
+pub fn rule_fields(rule: &Rule, separator: &str, core: &str) -> [String; 5] {
     let ops: Vec<&str> = rule.operations.iter().map(|o| operation_name(*o)).collect();
-    let groups: Vec<String> =
-        rule.api_groups.iter().map(|g| if g.is_empty() { "\"\"".to_string() } else { g.clone() }).collect();
-    format!(
-        "{} groups={} versions={} resources={} scope={}",
-        ops.join(","),
-        groups.join(","),
-        rule.api_versions.join(","),
-        rule.resources.join(","),
-        scope_name(rule.scope)
-    )
+    let groups: Vec<&str> = rule.api_groups.iter().map(|g| if g.is_empty() { core } else { g.as_str() }).collect();
+    [
+        ops.join(separator),
+        groups.join(separator),
+        rule.api_versions.join(separator),
+        rule.resources.join(separator),
+        scope_name(rule.scope).to_string(),
+    ]
 }
 
 /// The API server's spelling of an operation.
