@@ -147,18 +147,73 @@ impl Upstreams {
         *req.uri_mut() = uri;
         // Upstreams speak HTTP/1.1 whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
-        let response = match tokio::time::timeout(self.options.response_timeout, self.client.request(req)).await {
-            Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Err(error)) if error.is_connect() => return Err(UpstreamError::Connect),
-            Ok(Err(error)) => {
+        // The response timeout starts once the request body is sent: a
+        // large upload is not a slow upstream.
+        let (sent_tx, sent) = tokio::sync::oneshot::channel();
+        let early_end = hyper::body::Body::is_end_stream(req.body());
+        let req = req.map(|body| SignalEnd { inner: body, sent: Some(sent_tx) }.boxed());
+        let request = self.client.request(req);
+        tokio::pin!(request);
+        let early = if early_end {
+            None
+        } else {
+            tokio::select! {
+                response = &mut request => Some(response),
+                _ = sent => None,
+            }
+        };
+        let result = match early {
+            Some(response) => response,
+            None => match tokio::time::timeout(self.options.response_timeout, request).await {
+                Ok(response) => response,
+                Err(_) => return Err(UpstreamError::Timeout),
+            },
+        };
+        let response = match result {
+            Err(error) if error.is_connect() => return Err(UpstreamError::Connect),
+            Err(error) => {
                 tracing::debug!(%error, "upstream request failed");
                 return Err(UpstreamError::Failed);
             }
-            Ok(Ok(response)) => response,
+            Ok(response) => response,
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+/// A request body that says when it has been sent to the end (or dropped).
+struct SignalEnd {
+    inner: Body,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl hyper::body::Body for SignalEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        // hyper stops polling a body whose length is known once it is
+        // complete, so its end is seen on the last frame, not after it.
+        let ended = matches!(polled, std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_))))
+            || self.inner.is_end_stream();
+        if ended && let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
