@@ -4,6 +4,8 @@
 //! restricted security, read-only root, resources), with arguments the real
 //! binary accepts.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,7 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use serde::Deserialize;
 
-const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
+use support::TOLLGATE;
 const KUBERNETES_VERSION: &str = "1.33.0";
 const OVERLAYS: [&str; 4] = ["secret", "secret-sync", "cert-manager", "cert-manager-sync"];
 
@@ -38,7 +40,7 @@ fn render(overlay: &str) -> Vec<serde_yaml::Value> {
     let file = scratch.path().join(format!("{overlay}.yaml"));
     std::fs::write(&file, &yaml).unwrap();
     run(
-        Command::new("kubernetes-validate").args(["--strict", "--no-warn", "-k", KUBERNETES_VERSION]).arg(&file),
+        support::schema_validator().args(["--strict", "--no-warn", "-k", KUBERNETES_VERSION]).arg(&file),
         &format!("kubernetes-validate {overlay}"),
     );
     serde_yaml::Deserializer::from_str(&yaml).map(|doc| serde_yaml::Value::deserialize(doc).unwrap()).collect()

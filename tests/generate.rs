@@ -6,6 +6,8 @@
 //! Regenerate the golden files after an intended change with
 //! `TOLLGATE_BLESS=1 cargo test --test generate`, and review the diff.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -13,11 +15,7 @@ use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, 
 use serde::Deserialize;
 use serde_json::Value;
 
-mod guests {
-    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
-}
-
-const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
+use support::{TOLLGATE, guests};
 /// The Kubernetes version the schema validator checks against (k8s-openapi's feature).
 const KUBERNETES_VERSION: &str = "1.33.0";
 
@@ -52,11 +50,11 @@ fn schema_validate(yaml: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("out.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let out = Command::new("kubernetes-validate")
+    let out = support::schema_validator()
         .args(["--strict", "--no-warn", "-k", KUBERNETES_VERSION])
         .arg(&file)
         .output()
-        .expect("kubernetes-validate is not installed: pip install kubernetes-validate (.ci/run does)");
+        .expect("the schema validator runs");
     assert!(
         out.status.success(),
         "schema validation failed:\n{}{}\n{yaml}",

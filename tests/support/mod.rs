@@ -20,6 +20,29 @@ pub mod guests {
 
 pub const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
 
+/// The schema validator the manifest tests use, pinned.
+pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// `python3 -m kubernetes_validate`, installed from PyPI on first use, so
+/// `cargo test` needs nothing but Python on a fresh machine.
+pub fn schema_validator() -> Command {
+    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    READY.get_or_init(|| {
+        let present =
+            Command::new("python3").args(["-c", "import kubernetes_validate"]).status().is_ok_and(|s| s.success());
+        if !present {
+            let status = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", KUBERNETES_VALIDATE])
+                .status()
+                .expect("python3 -m pip runs");
+            assert!(status.success(), "pip install {KUBERNETES_VALIDATE} failed");
+        }
+    });
+    let mut command = Command::new("python3");
+    command.args(["-m", "kubernetes_validate"]);
+    command
+}
+
 /// The settings file a reference plugin ships with.
 pub fn shipped_settings(plugin: &str) -> PathBuf {
     PathBuf::from(format!("{}/../plugins/{plugin}/{plugin}.settings.json", env!("CARGO_MANIFEST_DIR")))
