@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::contract::types::{LabelSelector, SelectorOperator, Webhook};
 use crate::metadata::PluginMetadata;
 use crate::registry::Registry;
-use crate::summary::{failure_policy_name, rule_fields, subject_name};
+use crate::summary::{failure_policy_name, match_policy_name, rule_fields, side_effects_name, subject_name};
 
 /// Output format of `tollgate docs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,12 +118,12 @@ fn markdown(registry: &Registry) -> String {
 fn webhook(out: &mut String, hook: &Webhook, path: &str) {
     let _ = write!(
         out,
-        "### Admission\n\n- Path: `{path}`\n- Kind: {}\n- Failure policy: {}\n- Timeout: {} s\n- Match policy: {:?}\n- Side effects: {:?}\n",
+        "### Admission\n\n- Path: `{path}`\n- Kind: {}\n- Failure policy: {}\n- Timeout: {} s\n- Match policy: {}\n- Side effects: {}\n",
         if hook.mutating { "mutating" } else { "validating" },
         failure_policy_name(hook.failure_policy),
         hook.timeout_seconds,
-        hook.match_policy,
-        hook.side_effects,
+        match_policy_name(hook.match_policy),
+        side_effects_name(hook.side_effects),
     );
     if let Some(s) = &hook.namespace_selector {
         let _ = writeln!(out, "- Namespace selector: {}", selector(s));

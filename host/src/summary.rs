@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::contract::types::{FailurePolicy, Operation, Rule, Scope, SubjectKind, Webhook};
+use crate::contract::types::{FailurePolicy, MatchPolicy, Operation, Rule, Scope, SideEffects, SubjectKind, Webhook};
 use crate::metadata::PluginMetadata;
 use crate::plugin::Plugin;
 use crate::registry::LoadReport;
@@ -196,6 +196,22 @@ pub fn failure_policy_name(policy: FailurePolicy) -> &'static str {
     match policy {
         FailurePolicy::Fail => "Fail",
         FailurePolicy::Ignore => "Ignore",
+    }
+}
+
+/// The API server's spelling of a match policy.
+pub fn match_policy_name(policy: MatchPolicy) -> &'static str {
+    match policy {
+        MatchPolicy::Exact => "Exact",
+        MatchPolicy::Equivalent => "Equivalent",
+    }
+}
+
+/// The API server's spelling of side effects.
+pub fn side_effects_name(side_effects: SideEffects) -> &'static str {
+    match side_effects {
+        SideEffects::None => "None",
+        SideEffects::NoneOnDryRun => "NoneOnDryRun",
     }
 }
 

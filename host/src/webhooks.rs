@@ -19,9 +19,9 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 
-use crate::contract::types::{self, MatchPolicy, SelectorOperator, SideEffects, Webhook};
+use crate::contract::types::{self, SelectorOperator, Webhook};
 use crate::registry::Registry;
-use crate::summary::{failure_policy_name, operation_name, scope_name};
+use crate::summary::{failure_policy_name, match_policy_name, operation_name, scope_name, side_effects_name};
 use crate::validation::{is_dns1123_label, is_dns1123_subdomain};
 
 /// Default domain of webhook names: `<plugin>.tollgate.io` has the three
@@ -290,18 +290,8 @@ fn entry(name: &str, hook: &Webhook, path: &str, options: &WebhookOptions) -> Va
         admission_review_versions: vec!["v1".into()],
         client_config,
         failure_policy: Some(failure_policy_name(hook.failure_policy).into()),
-        match_policy: Some(
-            match hook.match_policy {
-                MatchPolicy::Exact => "Exact",
-                MatchPolicy::Equivalent => "Equivalent",
-            }
-            .into(),
-        ),
-        side_effects: match hook.side_effects {
-            SideEffects::None => "None",
-            SideEffects::NoneOnDryRun => "NoneOnDryRun",
-        }
-        .into(),
+        match_policy: Some(match_policy_name(hook.match_policy).into()),
+        side_effects: side_effects_name(hook.side_effects).into(),
         // The plugin's own deadline is this less a margin (see
         // `Plugin::call_deadline`), so its answer beats the API server's timeout.
         timeout_seconds: Some(hook.timeout_seconds as i32),
