@@ -47,15 +47,60 @@ fn startup() {
     }
 }
 
-async fn swaps() {
-    const SWAPS: usize = 100;
+/// One swap scenario: the plugin directory, the URL probed, how version `i`
+/// is written, and how its answer is recognised.
+struct Scenario {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    path: &'static str,
+    write: fn(&std::path::Path, usize),
+    is_version: fn(&Value, usize) -> bool,
+}
+
+/// Settings rewritten in place, alternating two versions of the same code.
+fn settings_scenario() -> Scenario {
     let dir = tempfile::tempdir().unwrap();
-    let settings = dir.path().join("a.settings.json");
-    std::fs::write(&settings, r#"{"validate": "echo"}"#).unwrap();
+    std::fs::write(dir.path().join("a.settings.json"), r#"{"validate": "fail"}"#).unwrap();
     std::fs::copy(guests::MISBEHAVE, dir.path().join("a.wasm")).unwrap();
-    let server = Server::start(dir.path(), &[]);
+    Scenario {
+        name: "settings file rewritten (two versions, same code)",
+        dir,
+        path: "/validate/misbehave",
+        write: |dir, i| {
+            let text = if i % 2 == 0 { r#"{"validate": "echo"}"# } else { r#"{"validate": "fail"}"# };
+            std::fs::write(dir.join("a.settings.json"), text).unwrap();
+        },
+        is_version: |body, i| body["response"]["allowed"].as_bool() == Some(i % 2 == 0),
+    }
+}
+
+/// A new build of the plugin renamed into place, alternating two builds
+/// (add-label 1.0.0 and 2.0.0: different code, same name).
+fn code_scenario() -> Scenario {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guests::ADD_LABEL, dir.path().join("add-label.wasm")).unwrap();
+    Scenario {
+        name: "plugin file replaced by rename (two builds)",
+        dir,
+        path: "/mutate/add-label",
+        write: |dir, i| {
+            let build = if i % 2 == 0 { guests::ADD_LABEL_V2 } else { guests::ADD_LABEL };
+            let tmp = dir.join(".add-label.wasm.tmp");
+            std::fs::copy(build, &tmp).unwrap();
+            std::fs::rename(&tmp, dir.join("add-label.wasm")).unwrap();
+        },
+        is_version: |body, i| {
+            let want = if i % 2 == 0 { "add-label@2.0.0" } else { "add-label@1.0.0" };
+            body["response"]["auditAnnotations"]["tollgate-plugin"] == want
+        },
+    }
+}
+
+async fn swaps(scenario: Scenario) {
+    const SWAPS: usize = 100;
+    let server = Server::start(scenario.dir.path(), &[]);
     let http = client(&server.ca(), None);
-    let url = server.url("/validate/misbehave");
+    let url = server.url(scenario.path);
 
     // Background load: a client sending continuously, counting failures.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -76,13 +121,11 @@ async fn swaps() {
 
     let mut latencies = Vec::with_capacity(SWAPS);
     for i in 0..SWAPS {
-        let allow = i % 2 == 1;
-        let text = if allow { r#"{"validate": "echo"}"# } else { r#"{"validate": "fail"}"# };
         let written = Instant::now();
-        std::fs::write(&settings, text).unwrap();
+        (scenario.write)(scenario.dir.path(), i);
         loop {
             let body = support::post_review(&http, &url, &configmap_review("probe")).await;
-            if body["response"]["allowed"].as_bool() == Some(allow) {
+            if (scenario.is_version)(&body, i) {
                 break;
             }
             assert!(written.elapsed() < Duration::from_secs(60), "swap {i} never served");
@@ -93,8 +136,15 @@ async fn swaps() {
     let _ = stop_tx.send(true);
     let (sent, failed) = load.await.unwrap();
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
-    println!("swap latency over {SWAPS} swaps (file written -> first answer from the new version), under load:");
+    // Nearest rank: the p-th percentile of n samples is the ceil(p*n)-th smallest.
+    let pct = |p: f64| {
+        let rank = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1].as_secs_f64() * 1e3
+    };
+    println!(
+        "swap latency, {}: {SWAPS} swaps (file written -> first answer from the new version), under load:",
+        scenario.name
+    );
     println!("  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", pct(0.5), pct(0.99), pct(1.0));
     println!("  background requests: {sent} sent, {failed} failed");
 }
@@ -102,5 +152,7 @@ async fn swaps() {
 fn main() {
     // `cargo bench` passes flags such as --bench; this bench takes none.
     startup();
-    tokio::runtime::Runtime::new().unwrap().block_on(swaps());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(swaps(settings_scenario()));
+    runtime.block_on(swaps(code_scenario()));
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use wasmtime::component::Linker;
 
+use crate::compile_cache::FunctionCache;
 use crate::jwt::Verifier;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -90,6 +91,9 @@ impl Runtime {
 
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
+        config
+            .enable_incremental_compilation(Arc::new(FunctionCache::default()))
+            .map_err(|e| EngineError::Config(format!("{e:#}")))?;
         if options.pooling {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }

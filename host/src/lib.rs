@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod bundled;
 pub mod cache;
+pub mod compile_cache;
 pub mod contract;
 pub mod docs;
 pub mod engine;

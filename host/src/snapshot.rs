@@ -48,6 +48,10 @@ impl Snapshotter {
         // The instrumented component runs once (configure, then Wizer reads
         // its state back): compiling it fast beats compiling it well.
         config.wasm_component_model(true).epoch_interruption(true).cranelift_opt_level(OptLevel::None);
+        // Instrumenting a new version of a plugin keeps most of its functions.
+        config
+            .enable_incremental_compilation(std::sync::Arc::new(crate::compile_cache::FunctionCache::default()))
+            .map_err(|e| format!("{e:#}"))?;
         let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;

@@ -20,7 +20,7 @@ use crate::state::HostState;
 
 /// Quiet time after the last event before rescanning: copy tools and
 /// editors write a file in several steps.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Rescan this often even without events.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(30);
 
