@@ -484,6 +484,25 @@ async fn email_allowlist_follows_oauth2_proxy_and_applies_edits_live() {
     }
     assert_eq!(ask(Some("x@example.com")).send().await.unwrap().status(), 200);
     assert_eq!(ask(Some("alice@example.org")).send().await.unwrap().status(), 403);
+
+    // Lists per route: this route's own list applies, not the default one.
+    let scoped = |route: &str| {
+        let mut settings = list(json!(["example.com"]));
+        settings["routes"] = json!({ route: {"list": "# this app only\nalice@example.org\n"} });
+        settings
+    };
+    write_settings(dir.path(), "email-allowlist", &scoped("pass-route"));
+    eventually(|| ask(Some("alice@example.org")), 200).await;
+    assert_eq!(ask(Some("x@example.com")).send().await.unwrap().status(), 403, "the default list does not apply");
+    write_settings(dir.path(), "email-allowlist", &scoped("another-route"));
+    eventually(|| ask(Some("x@example.com")), 200).await;
+    assert_eq!(ask(Some("alice@example.org")).send().await.unwrap().status(), 403);
+
+    // `*` lets everyone in, and the log says so loudly.
+    write_settings(dir.path(), "email-allowlist", &list(json!(["*"])));
+    eventually(|| ask(Some("anyone@anywhere.net")), 200).await;
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("lists '*': every authenticated address passes"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,7 +518,11 @@ async fn identity_headers_from_clients_are_neither_trusted_nor_passed_on() {
     install(dir.path(), "jwt-org-router", guests::JWT_ORG_ROUTER, Some(&router.to_string()));
     let emails = json!({"emails": ["alice@example.org"], "identityHeader": "X-Forwarded-Email", "trustedProxies": ["10.0.0.0/8"]});
     install(dir.path(), "email-allowlist", guests::EMAIL_ALLOWLIST, Some(&emails.to_string()));
+    // A second route on the same paths, at a lower priority: never chosen.
+    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
     let server = Server::start(dir.path(), &[]);
+    let unauthenticated = http().get(gateway_url(&server, "/")).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), 401, "jwt-org-router (priority 0) wins over pass-route (-10)");
     let token = |email: &str| rs256(json!({"org": "org-a", "email": email, "exp": now() + 600}));
     let ask = |email: &str, spoof: &str| {
         http()
@@ -691,4 +714,20 @@ async fn catalog_allowlist_guards_admission_and_gateway_creation() {
     assert_eq!(denied["response"]["allowed"], false);
     assert_eq!(denied["response"]["status"]["code"], 403);
     assert!(denied["response"]["status"]["message"].as_str().unwrap().contains("Snowflake"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_https_and_says_so_upstream() {
+    let upstream = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    let server = Server::start(dir.path(), &["--gateway-tls"]);
+    let port = server.gateway.unwrap().port();
+    let response = client(&server.ca(), None).get(format!("https://localhost:{port}/secure")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("x-forwarded-host"), Some(format!("localhost:{port}").as_str()));
+    // Plain HTTP to the TLS listener gets no answer.
+    assert!(http().get(format!("http://127.0.0.1:{port}/")).send().await.is_err());
 }
