@@ -44,6 +44,26 @@ struct Upstream {
 
 impl Upstream {
     async fn start(name: &'static str) -> Upstream {
+        Self::start_with(name, None).await
+    }
+
+    /// An upstream that speaks HTTPS with `cert`/`key` (PEM).
+    async fn start_tls(name: &'static str, cert: &str, key: &str) -> Upstream {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Self::start_with(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -52,14 +72,20 @@ impl Upstream {
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (record, release) = (record.clone(), release.clone());
+                let (record, release, tls) = (record.clone(), release.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (record, release) = (record.clone(), release.clone());
                         async move { Ok::<_, Infallible>(answer(name, req, record, release).await) }
                     });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    let http1 = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            http1.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await
+                        }
+                        None => http1.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await,
+                    };
                 });
             }
         });
@@ -730,4 +756,31 @@ async fn the_gateway_serves_https_and_says_so_upstream() {
     assert_eq!(seen.header("x-forwarded-host"), Some(format!("localhost:{port}").as_str()));
     // Plain HTTP to the TLS listener gets no answer.
     assert!(http().get(format!("http://127.0.0.1:{port}/")).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified_against_the_configured_ca() {
+    let (ca, cert, key) = support::server_identity("localhost");
+    let upstream = Upstream::start_tls("tls-app", &cert, &key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("https://localhost:{}", upstream.addr.port());
+    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": url}).to_string()));
+    let ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+
+    let trusting = Server::start(dir.path(), &["--upstream-ca", ca_file.to_str().unwrap()]);
+    let response = http().get(gateway_url(&trusting, "/over-tls")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["upstream"], "tls-app");
+    assert_eq!(
+        upstream.seen().pop().unwrap().header("host"),
+        Some(format!("localhost:{}", upstream.addr.port()).as_str())
+    );
+
+    // Without the CA, the upstream's certificate is not trusted: 502.
+    let wary = Server::start(dir.path(), &[]);
+    let before = upstream.seen().len();
+    let response = http().get(gateway_url(&wary, "/over-tls")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(upstream.seen().len(), before, "nothing reaches an untrusted upstream");
 }

@@ -97,6 +97,10 @@ struct ServeArgs {
     /// peer they are replaced.
     #[arg(long = "trusted-proxy")]
     trusted_proxies: Vec<String>,
+    /// Extra CA bundle (PEM) trusted for https:// upstreams, besides the
+    /// system's roots.
+    #[arg(long)]
+    upstream_ca: Option<PathBuf>,
     /// Time to connect to an upstream, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     upstream_connect_timeout_ms: u64,
@@ -325,6 +329,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             tls: args.gateway_tls,
             trusted_proxies: args.trusted_proxies,
             upstream: UpstreamOptions {
+                extra_ca: args.upstream_ca,
                 connect_timeout: Duration::from_millis(args.upstream_connect_timeout_ms),
                 response_timeout: Duration::from_millis(args.upstream_timeout_ms),
                 ..UpstreamOptions::default()

@@ -226,14 +226,24 @@ pub fn plain() -> reqwest::Client {
 /// A CA and a client certificate it signed (clientAuth), as PEM:
 /// (ca, cert, key).
 pub fn client_identity(name: &str) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    identity(name, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+}
+
+/// A CA and a serving certificate for `name` it signed (serverAuth), as
+/// PEM: (ca, cert, key).
+pub fn server_identity(name: &str) -> (String, String, String) {
+    identity(name, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+}
+
+fn identity(name: &str, purpose: rcgen::ExtendedKeyUsagePurpose) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
     let ca_key = KeyPair::generate().unwrap();
     let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
     let mut leaf = CertificateParams::new(vec![name.to_string()]).unwrap();
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    leaf.extended_key_usages = vec![purpose];
     let leaf_key = KeyPair::generate().unwrap();
     let cert = leaf.signed_by(&leaf_key, &Issuer::new(ca, ca_key)).unwrap();
     (ca_pem, cert.pem(), leaf_key.serialize_pem())

@@ -11,6 +11,7 @@ use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -37,9 +38,12 @@ const HOP_BY_HOP: [&str; 8] = [
 /// trusted proxies are dropped.
 const FORWARDED: [&str; 4] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
 
-/// Limits of the upstream side.
+/// Limits and trust of the upstream side.
 #[derive(Debug, Clone)]
 pub struct UpstreamOptions {
+    /// Extra CA bundle (PEM) trusted for `https://` upstreams, besides the
+    /// system's roots: for upstreams with a private CA.
+    pub extra_ca: Option<std::path::PathBuf>,
     /// Connecting to an upstream takes at most this.
     pub connect_timeout: Duration,
     /// The upstream's response head arrives within this.
@@ -51,6 +55,7 @@ pub struct UpstreamOptions {
 impl Default for UpstreamOptions {
     fn default() -> Self {
         Self {
+            extra_ca: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(30),
             max_idle_per_host: 64,
@@ -62,7 +67,7 @@ impl Default for UpstreamOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// The plugin named an upstream that is not a usable URL.
-    #[error("upstream {0:?} is not an http:// URL")]
+    #[error("upstream {0:?} is not an http:// or https:// URL")]
     BadUpstream(String),
     /// No connection could be made.
     #[error("upstream unreachable")]
@@ -98,7 +103,7 @@ impl UpstreamError {
 /// The pooled client every route shares.
 #[derive(Clone)]
 pub struct Upstreams {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     options: UpstreamOptions,
 }
 
@@ -116,16 +121,21 @@ pub struct ClientFacts<'a> {
 }
 
 impl Upstreams {
-    /// A client with pooled keep-alive connections.
-    pub fn new(options: UpstreamOptions) -> Self {
+    /// A client with pooled keep-alive connections, over TLS for
+    /// `https://` upstreams (system roots plus `extra_ca`).
+    pub fn new(options: UpstreamOptions) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(options.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let tls = upstream_tls(options.extra_ca.as_deref())?;
+        let connector =
+            HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(options.max_idle_per_host)
             .build(connector);
-        Self { client, options }
+        Ok(Self { client, options })
     }
 
     /// Sends `req` to the upstream `forward` names, with its headers
@@ -183,6 +193,35 @@ impl Upstreams {
     }
 }
 
+/// TLS to upstreams: the system's roots and an optional extra bundle.
+fn upstream_tls(extra_ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped: the extra CA may be all
+    // that is needed, and plain-HTTP upstreams need none.
+    let (_added, _ignored) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(file) = extra_ca {
+        let pem = std::fs::read(file).map_err(|e| format!("--upstream-ca {}: {e}", file.display()))?;
+        let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--upstream-ca {}: {e}", file.display()))?;
+        if certs.is_empty() {
+            return Err(format!("--upstream-ca {}: holds no PEM certificate", file.display()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("--upstream-ca {}: {e}", file.display()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
 /// A request body that says when it has been sent to the end (or dropped).
 struct SignalEnd {
     inner: Body,
@@ -221,12 +260,16 @@ impl hyper::body::Body for SignalEnd {
 fn upstream_uri(base: &str, request: &Uri) -> Result<Uri, UpstreamError> {
     let bad = || UpstreamError::BadUpstream(base.to_string());
     let parsed: Uri = base.parse().map_err(|_| bad())?;
-    if parsed.scheme_str() != Some("http") || parsed.authority().is_none() || parsed.query().is_some() {
+    let scheme = match parsed.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme,
+        _ => return Err(bad()),
+    };
+    if parsed.authority().is_none() || parsed.query().is_some() {
         return Err(bad());
     }
     let prefix = parsed.path().trim_end_matches('/');
     let path_and_query = request.path_and_query().map_or("/", |p| p.as_str());
-    let joined = format!("http://{}{prefix}{path_and_query}", parsed.authority().map_or("", |a| a.as_str()));
+    let joined = format!("{scheme}://{}{prefix}{path_and_query}", parsed.authority().map_or("", |a| a.as_str()));
     joined.parse().map_err(|_| bad())
 }
 
@@ -321,7 +364,8 @@ mod tests {
         let req: Uri = "/rest/items?select=id".parse().unwrap();
         assert_eq!(upstream_uri("http://10.0.0.5:3000", &req).unwrap(), "http://10.0.0.5:3000/rest/items?select=id");
         assert_eq!(upstream_uri("http://up/base/", &req).unwrap(), "http://up/base/rest/items?select=id");
-        assert!(upstream_uri("https://up", &req).is_err());
+        assert_eq!(upstream_uri("https://up:8443", &req).unwrap(), "https://up:8443/rest/items?select=id");
+        assert!(upstream_uri("ftp://up", &req).is_err());
         assert!(upstream_uri("up:80", &req).is_err());
     }
 
