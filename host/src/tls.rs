@@ -92,9 +92,7 @@ pub fn server_config(options: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, 
     let builder = match &options.client_ca {
         Some(file) => {
             let mut roots = RootCertStore::empty();
-            for cert in read_certs(file)? {
-                roots.add(cert).map_err(|e| TlsError::File { file: file.clone(), reason: e.to_string() })?;
-            }
+            add_certs(&mut roots, file)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -105,6 +103,32 @@ pub fn server_config(options: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, 
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The client configuration for TLS to gateway upstreams: the system's
+/// roots, plus the certificates in `extra_ca` (for upstreams with a
+/// private CA).
+pub fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    // Unreadable system certificates are skipped: the extra CA may be all
+    // that is needed, and plain-HTTP upstreams need none.
+    let (_added, _ignored) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(file) = extra_ca {
+        add_certs(&mut roots, file)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Adds every certificate of a PEM file to `roots`.
+fn add_certs(roots: &mut RootCertStore, file: &Path) -> Result<(), TlsError> {
+    for cert in read_certs(file)? {
+        roots.add(cert).map_err(|e| TlsError::File { file: file.to_path_buf(), reason: e.to_string() })?;
+    }
+    Ok(())
 }
 
 /// A generated CA and the serving certificate it signed, all PEM.

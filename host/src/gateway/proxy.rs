@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::contract::types::{Forward, Header};
+use crate::tls::TlsError;
 
 /// The body type of every gateway request and response.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -123,12 +124,12 @@ pub struct ClientFacts<'a> {
 impl Upstreams {
     /// A client with pooled keep-alive connections, over TLS for
     /// `https://` upstreams (system roots plus `extra_ca`).
-    pub fn new(options: UpstreamOptions) -> Result<Self, String> {
+    pub fn new(options: UpstreamOptions) -> Result<Self, TlsError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(options.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(false);
-        let tls = upstream_tls(options.extra_ca.as_deref())?;
+        let tls = crate::tls::client_config(options.extra_ca.as_deref())?;
         let connector =
             HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
@@ -191,35 +192,6 @@ impl Upstreams {
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
     }
-}
-
-/// TLS to upstreams: the system's roots and an optional extra bundle.
-fn upstream_tls(extra_ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    // Unreadable system certificates are skipped: the extra CA may be all
-    // that is needed, and plain-HTTP upstreams need none.
-    let (_added, _ignored) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(file) = extra_ca {
-        let pem = std::fs::read(file).map_err(|e| format!("--upstream-ca {}: {e}", file.display()))?;
-        let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("--upstream-ca {}: {e}", file.display()))?;
-        if certs.is_empty() {
-            return Err(format!("--upstream-ca {}: holds no PEM certificate", file.display()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| format!("--upstream-ca {}: {e}", file.display()))?;
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
 }
 
 /// A request body that says when it has been sent to the end (or dropped).

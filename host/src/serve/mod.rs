@@ -112,7 +112,7 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         Some(gateway) => {
             let trusted = Cidrs::parse(&gateway.trusted_proxies)
                 .map_err(|e| ServeError::Gateway(format!("--trusted-proxy {e}")))?;
-            let upstreams = Upstreams::new(gateway.upstream.clone()).map_err(ServeError::Gateway)?;
+            let upstreams = Upstreams::new(gateway.upstream.clone())?;
             Some((gateway, Arc::new(Gateway::new(state.clone(), upstreams, trusted, gateway.tls))))
         }
         None => None,
