@@ -547,6 +547,50 @@ async fn failure_policy_fail_denies_and_ignore_allows_with_a_warning() {
     );
 }
 
+/// The status message of each answer, asking one request at a time for an
+/// object of each name.
+async fn messages(server: &Server, path: &str, names: &[&str]) -> Vec<String> {
+    let http = client(&server.ca(), None);
+    let mut said = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a").named(name);
+        let answer: Value = post_review(&http, &server.url(path), &review.json(&format!("uid-{i}"))).await;
+        said.push(answer["response"]["status"]["message"].as_str().unwrap_or_default().to_string());
+    }
+    said
+}
+
+#[tokio::test]
+async fn instances_are_reused_until_their_call_budget_a_failure_or_growth() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "count", guests::MISBEHAVE, Some(r#"{"validate": "count"}"#));
+    let path = "/validate/misbehave";
+
+    // By default one instance answers call after call...
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(messages(&server, path, &["a", "b", "c"]).await, ["call 1", "call 2", "call 3"]);
+    // ...until a call fails: its instance is dropped, the next starts afresh
+    // from the configured snapshot.
+    let said = messages(&server, path, &["panic", "d", "e"]).await;
+    assert!(said[0].contains("asked to panic on call 4"), "{said:?}");
+    assert_eq!(said[1..], ["call 1", "call 2"]);
+    // An instance whose memory grew is not kept either.
+    assert_eq!(messages(&server, path, &["grow", "f"]).await, ["call 3", "call 1"]);
+    drop(server);
+
+    // An instance serves at most --calls-per-instance calls.
+    let server = Server::start(dir.path(), &["--calls-per-instance", "2"]);
+    assert_eq!(
+        messages(&server, path, &["a", "b", "c", "d", "e"]).await,
+        ["call 1", "call 2", "call 1", "call 2", "call 1"]
+    );
+    drop(server);
+
+    // 1: a fresh instance for every call.
+    let server = Server::start(dir.path(), &["--calls-per-instance", "1"]);
+    assert_eq!(messages(&server, path, &["a", "b", "c"]).await, ["call 1", "call 1", "call 1"]);
+}
+
 #[tokio::test]
 async fn concurrent_requests_are_all_answered_correctly() {
     let (_dir, server) = openshift_server();

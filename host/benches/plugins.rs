@@ -1,5 +1,5 @@
 //! What a plugin costs: compiling it, and answering one admission request on
-//! a fresh instance with its shipped settings, next to the same decision in
+//! a warm or a fresh instance with its shipped settings, next to the same decision in
 //! native Rust (the floor). Run: `cargo bench -p tollgate --bench plugins`.
 
 use std::hint::black_box;
@@ -60,17 +60,24 @@ fn request(review: &str) -> tollgate::contract::types::AdmissionRequest {
 
 fn admission_call(c: &mut Criterion) {
     let loader = Loader::new(Arc::new(Runtime::new(options()).expect("engine")));
+    // The same plugin with a fresh instance for every call (`--calls-per-instance 1`).
+    let fresh_loader =
+        Loader::new(Arc::new(Runtime::new(EngineOptions { calls_per_instance: 1, ..options() }).expect("engine")));
     // Calls run as the server runs them: futures on a tokio runtime.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
 
     let pod = load(&loader, guests::POD_VALIDATION, "pod-validation");
+    let pod_fresh = load(&fresh_loader, guests::POD_VALIDATION, "pod-validation");
     let pod_request = request(POD_REVIEW);
     let native = native_pod::Policy::shipped();
     let wasm_verdict = pod.validate(&pod_request).expect("answers");
     assert_eq!(wasm_verdict.allowed, native.decide(&pod_request).is_ok(), "same decision");
     let mut group = c.benchmark_group("admission/pod-validation");
-    group.bench_function("wasm: fresh instance of the configured snapshot + validate", |b| {
+    group.bench_function("wasm: warm instance + validate", |b| {
         b.iter(|| rt.block_on(pod.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
+    });
+    group.bench_function("wasm: fresh instance of the configured snapshot + validate", |b| {
+        b.iter(|| rt.block_on(pod_fresh.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
     });
     group.bench_function("native: settings parsed once", |b| b.iter(|| native.decide(black_box(&pod_request))));
     group.bench_function("native: settings parsed per call", |b| {
@@ -82,7 +89,7 @@ fn admission_call(c: &mut Criterion) {
     let ns = load(&loader, guests::NAMESPACE_VALIDATION, "namespace-validation");
     let ns_request = request(NAMESPACE_REVIEW);
     let mut group = c.benchmark_group("admission/namespace-validation");
-    group.bench_function("wasm: fresh instance of the configured snapshot + validate", |b| {
+    group.bench_function("wasm: warm instance + validate", |b| {
         b.iter(|| rt.block_on(ns.validate_async(black_box(&ns_request), DEADLINE)).expect("answers"))
     });
     group.finish();

@@ -3,7 +3,7 @@
 //! interruption ticked by a plain thread so a call can be given a deadline.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -29,8 +29,12 @@ const KEEP_RESIDENT: usize = 4 << 20;
 pub struct EngineOptions {
     /// Linear memory one plugin instance may use.
     pub max_memory_bytes: usize,
-    /// Plugin instances that may be alive at once (size of the pool).
+    /// Plugin calls that may run at once. The pool holds twice as many
+    /// instances: as many again may wait idle for reuse.
     pub max_instances: u32,
+    /// Calls one instance serves before it is dropped for a fresh one
+    /// (1: a fresh instance for every call). See [`crate::instances`].
+    pub calls_per_instance: u32,
     /// Deadline for `metadata` and `configure` at load time.
     pub load_deadline: Duration,
     /// Deadline for one call of a gateway plugin (admission plugins get
@@ -48,6 +52,7 @@ impl Default for EngineOptions {
         Self {
             max_memory_bytes: 64 << 20,
             max_instances: 128,
+            calls_per_instance: 10_000,
             load_deadline: Duration::from_secs(1),
             call_deadline: Duration::from_secs(1),
             pooling: true,
@@ -63,6 +68,7 @@ pub struct Runtime {
     options: EngineOptions,
     snapshotter: Option<Snapshotter>,
     verifier: Arc<Verifier>,
+    idle_slots: IdleSlots,
     _ticker: EpochTicker,
 }
 
@@ -71,7 +77,8 @@ impl Runtime {
     /// no files, no network, no environment; clocks and randomness only.
     pub fn new(options: EngineOptions) -> Result<Self, EngineError> {
         let mut pool = PoolingAllocationConfig::default();
-        let instances = options.max_instances;
+        // Running calls plus as many idle instances kept for reuse.
+        let instances = options.max_instances.saturating_mul(2);
         // A Rust wasip2 component has one memory but a few core instances
         // and tables (the main module plus shims wit-component adds).
         pool.total_component_instances(instances)
@@ -91,6 +98,11 @@ impl Runtime {
 
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
+        // Names guest functions in `perf report` (writes /tmp/perf-PID.map);
+        // for profiling only, see BENCHMARKS.md.
+        if std::env::var_os("TOLLGATE_PERF_MAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         config
             .enable_incremental_compilation(Arc::new(FunctionCache::default()))
             .map_err(|e| EngineError::Config(format!("{e:#}")))?;
@@ -111,7 +123,8 @@ impl Runtime {
                 None
             }
         };
-        Ok(Self { engine, linker, options, snapshotter, verifier: Arc::default(), _ticker })
+        let idle_slots = IdleSlots::new(options.max_instances as usize);
+        Ok(Self { engine, linker, options, snapshotter, verifier: Arc::default(), idle_slots, _ticker })
     }
 
     /// The engine that takes configured snapshots, if it could be built.
@@ -122,6 +135,11 @@ impl Runtime {
     /// The JWT verifier and its caches, shared by every plugin call.
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.verifier
+    }
+
+    /// The pool slots idle instances may hold, shared by all plugins.
+    pub(crate) fn idle_slots(&self) -> &IdleSlots {
+        &self.idle_slots
     }
 
     /// The engine, for compiling components.
@@ -143,6 +161,29 @@ impl Runtime {
     pub fn deadline_ticks(deadline: Duration) -> u64 {
         let ticks = deadline.as_micros().div_ceil(EPOCH_TICK.as_micros());
         u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// A count of the pool slots that idle instances may still take. The pool is
+/// sized for every permitted call to run at once with this many idle beside
+/// them, so keeping instances never makes a new one fail.
+pub(crate) struct IdleSlots {
+    free: AtomicUsize,
+}
+
+impl IdleSlots {
+    fn new(slots: usize) -> Self {
+        Self { free: AtomicUsize::new(slots) }
+    }
+
+    /// Takes `n` slots if that many are free.
+    pub(crate) fn acquire(&self, n: usize) -> bool {
+        self.free.fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| free.checked_sub(n)).is_ok()
+    }
+
+    /// Gives `n` slots back.
+    pub(crate) fn release(&self, n: usize) {
+        self.free.fetch_add(n, Ordering::AcqRel);
     }
 }
 

@@ -5,8 +5,8 @@
 //! ([`contract`]). The [`engine`] holds the one wasmtime engine and its
 //! limits. The [`loader`] checks and compiles plugin files, runs their
 //! `configure` once into a [`snapshot`], keeps compiled code in the
-//! [`cache`], and fills a [`registry`]. Each request runs on a fresh
-//! instance in a [`sandbox`]. [`serve`] runs the HTTPS admission listener
+//! [`cache`], and fills a [`registry`]. Requests run on a plugin's warm
+//! [`instances`], each a [`sandbox`]. [`serve`] runs the HTTPS admission listener
 //! ([`admission`] speaks the API server's AdmissionReview, [`tls`] the
 //! certificates) and the metrics listener, over the shared [`state`];
 //! [`watch`] and [`reload`] swap plugins live when their files change.
@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod gateway;
+pub mod instances;
 pub mod jwt;
 pub mod loader;
 pub mod metadata;

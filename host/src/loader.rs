@@ -15,8 +15,9 @@ use crate::cache::CodeCache;
 use crate::contract::{self, Kind, admission, allowlist, route};
 use crate::engine::Runtime;
 use crate::error::{DirError, LoadError, Refusal};
+use crate::instances::{Exports, Instances};
 use crate::metadata::PluginMetadata;
-use crate::plugin::{Exports, Plugin};
+use crate::plugin::Plugin;
 use crate::registry::{LoadReport, Registry};
 use crate::reload;
 use crate::sandbox::{self, Sandbox};
@@ -167,8 +168,7 @@ impl Loader {
                 settings_file: settings.file,
                 loaded_at: std::time::SystemTime::now(),
                 from_cache: true,
-                exports,
-                pre,
+                instances: Instances::new(self.runtime.clone(), pre, exports, hit.configured),
                 runtime: self.runtime.clone(),
             });
         }
@@ -258,8 +258,7 @@ impl Loader {
             settings_file: settings.file,
             loaded_at: std::time::SystemTime::now(),
             from_cache: false,
-            exports,
-            pre,
+            instances: Instances::new(self.runtime.clone(), pre, exports, configured),
             runtime: self.runtime.clone(),
         })
     }

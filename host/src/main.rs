@@ -249,9 +249,15 @@ struct EngineArgs {
     /// milliseconds (admission calls get their webhook timeout less a margin).
     #[arg(long, default_value_t = 1000)]
     deadline_ms: u64,
-    /// Plugin instances alive at once.
+    /// Plugin calls running at once; more wait. As many instances again
+    /// may be kept idle for reuse.
     #[arg(long, default_value_t = 128)]
     max_instances: u32,
+    /// Calls one plugin instance serves before it is replaced by a fresh
+    /// one; 1 gives every call a fresh instance (slower, nothing of an
+    /// earlier call stays in the plugin's memory).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    calls_per_instance: u32,
     /// Allocate instances on demand instead of from a pre-reserved pool
     /// (slower; for environments that limit address space).
     #[arg(long)]
@@ -264,6 +270,7 @@ impl EngineArgs {
         EngineOptions {
             max_memory_bytes: self.max_memory_mib << 20,
             max_instances: self.max_instances,
+            calls_per_instance: self.calls_per_instance,
             load_deadline: deadline,
             call_deadline: deadline,
             pooling: !self.no_pooling,

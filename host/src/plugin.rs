@@ -1,30 +1,23 @@
 //! A loaded plugin: its compiled template, metadata and settings, and the
-//! typed calls the servers make into it. Every call runs on a fresh instance
-//! (see [`crate::sandbox`]) that is configured, asked once, and dropped.
+//! typed calls the servers make into it. Calls run on the plugin's warm
+//! instances (see [`crate::instances`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::Store;
-use wasmtime::component::{Instance, InstancePre};
 
+use crate::contract::Kind;
 use crate::contract::types::{AdmissionRequest, AllowDecision, Identity, RequestHead, RouteDecision, Verdict};
-use crate::contract::{Kind, admission, allowlist, route};
 use crate::engine::Runtime;
 use crate::error::{CallError, PluginError};
+use crate::instances::{Guest, Instances};
 use crate::metadata::PluginMetadata;
 use crate::sandbox::{self, Sandbox};
 
 /// The least time kept between a plugin's deadline and its webhook timeout.
 const MIN_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
-
-/// Where a kind's functions live in the component, resolved once at load.
-pub(crate) enum Exports {
-    Admission(admission::GuestIndices),
-    Route(route::GuestIndices),
-    Allowlist(allowlist::GuestIndices),
-}
 
 /// What an allowlist is asked about one gateway request.
 #[derive(Debug, Clone, Copy)]
@@ -51,8 +44,7 @@ pub struct Plugin {
     pub(crate) settings_file: Option<PathBuf>,
     pub(crate) loaded_at: std::time::SystemTime,
     pub(crate) from_cache: bool,
-    pub(crate) exports: Exports,
-    pub(crate) pre: InstancePre<Sandbox>,
+    pub(crate) instances: Instances,
     pub(crate) runtime: Arc<Runtime>,
 }
 
@@ -152,31 +144,35 @@ impl Plugin {
     /// Decides an admission request within `deadline` (what is left of the
     /// plugin's deadline after waiting for a free instance).
     pub async fn validate_async(&self, request: &AdmissionRequest, deadline: Duration) -> Result<Verdict, PluginError> {
-        let configured = self.configured;
-        let settings = self.settings.as_str();
-        let verdict = match &self.exports {
-            Exports::Admission(indices) => {
-                self.invoke(deadline, async |store, instance| {
-                    let guest = indices.load(&mut *store, instance)?;
-                    if !configured && let Err(message) = guest.call_configure(&mut *store, settings).await? {
+        let admits = match self.kind() {
+            Kind::Admission => true,
+            Kind::Allowlist => self.metadata.webhook().is_some(),
+            Kind::Route => false,
+        };
+        if !admits {
+            return Err(self.wrong_kind(Kind::Admission));
+        }
+        let verdict = self
+            .invoke(deadline, async |store, guest| match guest {
+                Guest::Admission(guest) => {
+                    if let Err(message) =
+                        self.configure_per_call(guest.call_configure(&mut *store, &self.settings)).await?
+                    {
                         return Ok(Err(message));
                     }
                     Ok(Ok(guest.call_validate(&mut *store, request).await?))
-                })
-                .await
-            }
-            Exports::Allowlist(indices) if self.metadata.webhook().is_some() => {
-                self.invoke(deadline, async |store, instance| {
-                    let guest = indices.load(&mut *store, instance)?;
-                    if !configured && let Err(message) = guest.call_configure(&mut *store, settings).await? {
+                }
+                Guest::Allowlist(guest) => {
+                    if let Err(message) =
+                        self.configure_per_call(guest.call_configure(&mut *store, &self.settings)).await?
+                    {
                         return Ok(Err(message));
                     }
                     Ok(Ok(guest.call_check_admission(&mut *store, request).await?))
-                })
-                .await
-            }
-            _ => Err(self.wrong_kind(Kind::Admission)),
-        }?;
+                }
+                Guest::Route(_) => Err(unexpected_world()),
+            })
+            .await?;
         if verdict.patch.is_some() && !self.metadata.webhook().is_some_and(|w| w.mutating) {
             return Err(PluginError::BadAnswer {
                 plugin: self.name().to_string(),
@@ -193,11 +189,12 @@ impl Plugin {
 
     /// Decides where a gateway request goes (route plugins).
     pub async fn route_async(&self, request: &RequestHead) -> Result<RouteDecision, PluginError> {
-        let Exports::Route(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Route)) };
-        let (configured, settings) = (self.configured, self.settings.as_str());
-        self.invoke(self.call_deadline(), async |store, instance| {
-            let guest = indices.load(&mut *store, instance)?;
-            if !configured && let Err(message) = guest.call_configure(&mut *store, settings).await? {
+        if self.kind() != Kind::Route {
+            return Err(self.wrong_kind(Kind::Route));
+        }
+        self.invoke(self.call_deadline(), async |store, guest| {
+            let Guest::Route(guest) = guest else { return Err(unexpected_world()) };
+            if let Err(message) = self.configure_per_call(guest.call_configure(&mut *store, &self.settings)).await? {
                 return Ok(Err(message));
             }
             Ok(Ok(guest.call_route(&mut *store, request).await?))
@@ -212,11 +209,12 @@ impl Plugin {
 
     /// Checks a gateway request against the list (allowlist plugins).
     pub async fn check_request_async(&self, check: &AllowCheck<'_>) -> Result<AllowDecision, PluginError> {
-        let Exports::Allowlist(indices) = &self.exports else { return Err(self.wrong_kind(Kind::Allowlist)) };
-        let (configured, settings) = (self.configured, self.settings.as_str());
-        self.invoke(self.call_deadline(), async |store, instance| {
-            let guest = indices.load(&mut *store, instance)?;
-            if !configured && let Err(message) = guest.call_configure(&mut *store, settings).await? {
+        if self.kind() != Kind::Allowlist {
+            return Err(self.wrong_kind(Kind::Allowlist));
+        }
+        self.invoke(self.call_deadline(), async |store, guest| {
+            let Guest::Allowlist(guest) = guest else { return Err(unexpected_world()) };
+            if let Err(message) = self.configure_per_call(guest.call_configure(&mut *store, &self.settings)).await? {
                 return Ok(Err(message));
             }
             let answer =
@@ -226,14 +224,23 @@ impl Plugin {
         .await
     }
 
-    /// Runs `f` on a fresh instance. `f` returns `Err(message)` when the
-    /// plugin's `configure` refused its settings.
+    /// Runs `configure` (given as its unstarted call) when the plugin has no
+    /// configured snapshot and so starts every call unconfigured; else skips it.
+    async fn configure_per_call(
+        &self,
+        configure: impl Future<Output = wasmtime::Result<Result<(), String>>>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        if self.configured { Ok(Ok(())) } else { configure.await }
+    }
+
+    /// Runs `f` on one of the plugin's instances. `f` returns `Err(message)`
+    /// when the plugin's `configure` refused its settings.
     async fn invoke<R>(
         &self,
         deadline: Duration,
-        f: impl AsyncFnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<Result<R, String>>,
+        f: impl AsyncFnOnce(&mut Store<Sandbox>, &Guest) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, PluginError> {
-        match sandbox::call(&self.runtime, self.name(), &self.pre, deadline, f).await {
+        match self.instances.call(self.name(), deadline, f).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(message)) => Err(PluginError::Configure { plugin: self.name().to_string(), message }),
             Err(source) => Err(self.call_error(source)),
@@ -247,4 +254,10 @@ impl Plugin {
     fn wrong_kind(&self, expected: Kind) -> PluginError {
         PluginError::WrongKind { plugin: self.name().to_string(), expected, actual: self.kind() }
     }
+}
+
+/// A guest whose functions are not its kind's: the loader matched them, so
+/// this is a host bug, reported as a failed call rather than a panic.
+fn unexpected_world() -> wasmtime::Error {
+    wasmtime::Error::msg("plugin instance does not export its kind's interface")
 }

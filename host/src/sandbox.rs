@@ -1,7 +1,8 @@
-//! One call into a plugin: a fresh [`Store`] and instance from the plugin's
-//! pre-instantiated template, under a deadline and a memory cap, with its
-//! stdout/stderr sent to the log under the plugin's name. Nothing survives the
-//! call, so no state is shared between requests.
+//! The host side of a plugin instance: its [`Store`] data (WASI with no
+//! capabilities, captured stdout/stderr, a memory cap, the host services),
+//! the deadline every call runs under, and how a failed call is explained.
+//! [`call`] runs one call on a fresh instance (loading does this); serving
+//! reuses warm instances, see [`crate::instances`].
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,9 @@ pub struct Sandbox {
     limits: MemoryCap,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
+    /// Bytes of stdout and stderr already sent to the log: an instance that
+    /// serves several calls keeps its pipes.
+    forwarded: [usize; 2],
     verifier: Arc<Verifier>,
 }
 
@@ -54,11 +58,23 @@ impl Sandbox {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limits: MemoryCap { max: max_memory_bytes },
+            limits: MemoryCap { max: max_memory_bytes, peak: 0 },
             stdout,
             stderr,
+            forwarded: [0; 2],
             verifier,
         }
+    }
+
+    /// Largest memory size the guest asked for so far, in bytes.
+    pub(crate) fn memory_peak(&self) -> usize {
+        self.limits.peak
+    }
+
+    /// True when a captured stream is at least half full, so that a further
+    /// call's output might be cut.
+    pub(crate) fn output_filling(&self) -> bool {
+        [&self.stdout, &self.stderr].iter().any(|pipe| pipe.contents().len() > OUTPUT_CAPACITY / 2)
     }
 
     /// The memory limiter, for `Store::limiter`.
@@ -82,6 +98,8 @@ impl services::Host for Sandbox {
 /// the operator is told "memory cap" rather than a bare trap.
 struct MemoryCap {
     max: usize,
+    /// Largest size asked for (granted or not), for deciding reuse.
+    peak: usize,
 }
 
 /// Raised inside a call when a plugin asks for more memory than its cap.
@@ -94,6 +112,7 @@ pub struct MemoryCapExceeded {
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.peak = self.peak.max(desired);
         if desired > self.max {
             return Err(MemoryCapExceeded { desired, max: self.max }.into());
         }
@@ -105,9 +124,27 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// Runs `f` on a fresh instance of `pre` under `deadline`. `plugin` names
-/// the plugin in logs and errors. The guest yields to the executor at every
-/// epoch tick and is interrupted once `deadline` has passed.
+/// A store for one plugin instance: capped memory, captured output, and the
+/// host services.
+pub(crate) fn new_store(runtime: &Runtime) -> Store<Sandbox> {
+    let mut store =
+        Store::new(runtime.engine(), Sandbox::new(runtime.options().max_memory_bytes, runtime.verifier().clone()));
+    store.limiter(|sandbox| &mut sandbox.limits);
+    store
+}
+
+/// Gives the next call on `store` until `deadline` from now: the guest yields
+/// to the executor at every epoch tick and is interrupted once it has passed.
+pub(crate) fn arm_deadline(store: &mut Store<Sandbox>, deadline: Duration) {
+    let end = Instant::now() + deadline;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= end { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+    });
+}
+
+/// Runs `f` on a fresh instance of `pre` under `deadline`, then drops the
+/// instance. `plugin` names the plugin in logs and errors.
 pub async fn call<R>(
     runtime: &Runtime,
     plugin: &str,
@@ -116,25 +153,24 @@ pub async fn call<R>(
     f: impl AsyncFnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, CallError> {
     let max_memory = runtime.options().max_memory_bytes;
-    let mut store = Store::new(runtime.engine(), Sandbox::new(max_memory, runtime.verifier().clone()));
-    store.limiter(|sandbox| &mut sandbox.limits);
+    let mut store = new_store(runtime);
     let started = Instant::now();
-    let end = started + deadline;
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        Ok(if Instant::now() >= end { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
-    });
-
+    arm_deadline(&mut store, deadline);
     let result = match pre.instantiate_async(&mut store).await {
         Ok(instance) => f(&mut store, &instance).await.map_err(|e| classify(e, deadline, max_memory, &store)),
-        Err(e) => Err(match e.downcast_ref::<MemoryCapExceeded>() {
-            Some(_) => CallError::MemoryCap { cap_mib: max_memory >> 20 },
-            None => CallError::Instantiate(format!("{e:#}")),
-        }),
+        Err(e) => Err(instantiate_error(e, max_memory)),
     };
-    forward_output(plugin, &store);
+    forward_output(plugin, &mut store);
     tracing::trace!(plugin, elapsed_us = started.elapsed().as_micros() as u64, "plugin call");
     result
+}
+
+/// Explains why a new instance could not be made.
+pub(crate) fn instantiate_error(error: wasmtime::Error, max_memory: usize) -> CallError {
+    match error.downcast_ref::<MemoryCapExceeded>() {
+        Some(_) => CallError::MemoryCap { cap_mib: max_memory >> 20 },
+        None => CallError::Instantiate(format!("{error:#}")),
+    }
 }
 
 /// Drives `future` to completion from synchronous code (loading, the CLI,
@@ -175,8 +211,11 @@ pub(crate) fn classify(
     let trap = error.root_cause().to_string();
     // A Rust guest's panic message goes to stderr just before the trap: it
     // is the most useful thing to show the operator.
-    let stderr = store.data().stderr.contents();
-    CallError::Trap { trap, guest_said: panic_message(&String::from_utf8_lossy(&stderr)) }
+    // Only what this call printed: an instance may have served others.
+    let data = store.data();
+    let stderr = data.stderr.contents();
+    let fresh = stderr.get(data.forwarded[1]..).unwrap_or_default();
+    CallError::Trap { trap, guest_said: panic_message(&String::from_utf8_lossy(fresh)) }
 }
 
 /// The guest's last words on stderr, without Rust's backtrace hint, on one
@@ -196,17 +235,17 @@ fn panic_message(stderr: &str) -> Option<String> {
 /// Longest guest message quoted in an error.
 const GUEST_SAID_MAX: usize = 400;
 
-/// Sends what the guest printed to the log, a line an event, under its name.
-pub(crate) fn forward_output(plugin: &str, store: &Store<Sandbox>) {
-    let data = store.data();
-    for (stream, pipe) in [("stdout", &data.stdout), ("stderr", &data.stderr)] {
+/// Sends what the guest printed since the last time to the log, a line an
+/// event, under its name.
+pub(crate) fn forward_output(plugin: &str, store: &mut Store<Sandbox>) {
+    let data = store.data_mut();
+    for (i, (stream, pipe)) in [("stdout", &data.stdout), ("stderr", &data.stderr)].into_iter().enumerate() {
         let bytes = pipe.contents();
-        if bytes.is_empty() {
-            continue;
-        }
-        for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.is_empty()) {
+        let Some(new) = bytes.get(data.forwarded[i]..).filter(|new| !new.is_empty()) else { continue };
+        for line in String::from_utf8_lossy(new).lines().filter(|l| !l.is_empty()) {
             tracing::info!(plugin, stream, "{line}");
         }
+        data.forwarded[i] = bytes.len();
     }
 }
 

@@ -93,7 +93,7 @@ impl Snapshotter {
         store.set_epoch_deadline(crate::engine::Runtime::deadline_ticks(deadline));
         store.epoch_deadline_trap();
         let configured = self.call_configure(&mut store, &instrumented, interface, settings).await;
-        sandbox::forward_output(plugin, &store);
+        sandbox::forward_output(plugin, &mut store);
         let instance = match configured {
             Ok((instance, Ok(()))) => instance,
             Ok((_, Err(message))) => return Err(SnapshotError::Refused(message)),

@@ -34,7 +34,7 @@ fn loader() -> Loader {
         max_instances: 16,
         load_deadline: DEADLINE,
         call_deadline: DEADLINE,
-        pooling: true,
+        ..EngineOptions::default()
     };
     Loader::new(Arc::new(Runtime::new(options).expect("engine")))
 }

@@ -5,8 +5,11 @@
 //
 // Settings: `{"configure": ACTION, "validate": ACTION}` where ACTION is one of
 // `ok` (default), `fail`, `panic`, `loop`, `alloc`, `open-file`, `env`,
-// `print`; `validate` also takes `echo` (describe the request) and `warn`
-// (allow with a warning).
+// `print`; `validate` also takes `echo` (describe the request), `warn`
+// (allow with a warning) and `count` (allow, saying how many calls this
+// instance has answered: shows whether the host reused the instance; an
+// object named "panic" makes it panic, one named "grow" makes it use 4 MiB
+// more memory first).
 
 use std::cell::RefCell;
 
@@ -31,6 +34,7 @@ struct Settings {
 
 thread_local! {
     static VALIDATE: RefCell<String> = const { RefCell::new(String::new()) };
+    static CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 struct Misbehave;
@@ -120,6 +124,19 @@ impl Guest for Misbehave {
                     req.uid, req.operation, req.dry_run, req.user_info.username, req.namespace
                 );
                 return Verdict { allowed: true, code: None, message: Some(message), warnings: vec![], patch: None };
+            }
+            "count" => {
+                let calls = CALLS.with(|c| {
+                    c.set(c.get() + 1);
+                    c.get()
+                });
+                match req.name.as_deref() {
+                    Some("panic") => panic!("asked to panic on call {calls}"),
+                    Some("grow") => drop(std::hint::black_box(vec![1u8; 4 << 20])),
+                    _ => {}
+                }
+                let message = Some(format!("call {calls}"));
+                return Verdict { allowed: true, code: None, message, warnings: vec![], patch: None };
             }
             "warn" => {
                 let warnings = vec!["careful: this is a test warning".to_string()];

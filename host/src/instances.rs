@@ -1,0 +1,183 @@
+//! A plugin's warm instances. Making an instance costs more than most
+//! decisions (about 8 µs for a Rust guest, most of it wiring up the WASI
+//! imports and resetting the pool slot), so after a call that ended cleanly
+//! the instance is kept and the next call of the same plugin reuses it.
+//!
+//! Reuse is safe for what a plugin can observe: its memory starts as the
+//! configured snapshot and only its own earlier calls have changed it (the
+//! contract tells authors not to rely on state between calls). An instance is
+//! dropped rather than kept when its call failed in any way (a trapped
+//! instance cannot be called again; one stopped at its deadline or memory cap
+//! is in an unknown state), after [`EngineOptions::calls_per_instance`]
+//! calls, when its memory grew past [`RETIRE_GROWTH`] over its start, or when
+//! its captured output is filling up. Plugins without a configured snapshot
+//! are configured on every call, so they always get a fresh instance.
+//!
+//! [`EngineOptions::calls_per_instance`]: crate::engine::EngineOptions::calls_per_instance
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::AsContextMut;
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
+
+use crate::contract::{admission, allowlist, route};
+use crate::engine::Runtime;
+use crate::error::CallError;
+use crate::sandbox::{self, Sandbox};
+
+/// Growth of an instance's memory past its size when made after which it is
+/// not reused: its pages stay dirty while idle, and growth that keeps going
+/// is a leak.
+pub const RETIRE_GROWTH: usize = 2 << 20;
+
+/// Idle instances one plugin keeps. Calls rarely overlap by more than the
+/// number of worker threads; this leaves room for bursts of long calls.
+const MAX_IDLE_PER_PLUGIN: usize = 16;
+
+/// Where a kind's functions live in the component, resolved once at load.
+pub(crate) enum Exports {
+    Admission(admission::GuestIndices),
+    Route(route::GuestIndices),
+    Allowlist(allowlist::GuestIndices),
+}
+
+impl Exports {
+    /// The typed functions of `instance`. Type-checks every signature, so
+    /// it is done once per instance, not per call.
+    pub(crate) fn load(&self, mut store: impl AsContextMut, instance: &Instance) -> wasmtime::Result<Guest> {
+        Ok(match self {
+            Exports::Admission(i) => Guest::Admission(i.load(store.as_context_mut(), instance)?),
+            Exports::Route(i) => Guest::Route(i.load(store.as_context_mut(), instance)?),
+            Exports::Allowlist(i) => Guest::Allowlist(i.load(store.as_context_mut(), instance)?),
+        })
+    }
+}
+
+/// An instance's exported functions, ready to call.
+pub(crate) enum Guest {
+    Admission(admission::Guest),
+    Route(route::Guest),
+    Allowlist(allowlist::Guest),
+}
+
+/// An instance between calls.
+struct Warm {
+    store: Store<Sandbox>,
+    guest: Guest,
+    calls: u32,
+    /// Memory size when it was made.
+    start_memory: usize,
+}
+
+/// One plugin's template and its idle instances.
+pub struct Instances {
+    pre: InstancePre<Sandbox>,
+    exports: Exports,
+    runtime: Arc<Runtime>,
+    /// False: every call gets a fresh instance (plugins configured per call,
+    /// or reuse switched off).
+    reuse: bool,
+    idle: Mutex<Vec<Warm>>,
+}
+
+impl Instances {
+    /// Instances of `pre`. `reusable` is false for a plugin whose calls
+    /// configure it first, which must start from an unconfigured instance.
+    pub(crate) fn new(runtime: Arc<Runtime>, pre: InstancePre<Sandbox>, exports: Exports, reusable: bool) -> Self {
+        let reuse = reusable && runtime.options().calls_per_instance > 1;
+        Self { pre, exports, runtime, reuse, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// Idle instances kept now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
+    }
+
+    /// Runs `f` under `deadline` on an idle instance, or a new one when none
+    /// is idle. `plugin` names the plugin in logs and errors.
+    pub(crate) async fn call<R>(
+        &self,
+        plugin: &str,
+        deadline: Duration,
+        f: impl AsyncFnOnce(&mut Store<Sandbox>, &Guest) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        if !self.reuse {
+            let exports = &self.exports;
+            return sandbox::call(&self.runtime, plugin, &self.pre, deadline, async |store, instance| {
+                let guest = exports.load(&mut *store, instance)?;
+                f(store, &guest).await
+            })
+            .await;
+        }
+        let max_memory = self.runtime.options().max_memory_bytes;
+        let mut warm = match self.take() {
+            Some(warm) => warm,
+            None => self.make(plugin, deadline).await?,
+        };
+        sandbox::arm_deadline(&mut warm.store, deadline);
+        let result = f(&mut warm.store, &warm.guest).await;
+        let result = result.map_err(|e| sandbox::classify(e, deadline, max_memory, &warm.store));
+        sandbox::forward_output(plugin, &mut warm.store);
+        if result.is_ok() {
+            warm.calls += 1;
+            self.keep(warm);
+        }
+        result
+    }
+
+    /// A new instance, made under `deadline`.
+    async fn make(&self, plugin: &str, deadline: Duration) -> Result<Warm, CallError> {
+        let max_memory = self.runtime.options().max_memory_bytes;
+        let mut store = sandbox::new_store(&self.runtime);
+        sandbox::arm_deadline(&mut store, deadline);
+        let made = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => {
+                self.exports.load(&mut store, &instance).map_err(|e| CallError::Instantiate(format!("{e:#}")))
+            }
+            Err(error) => Err(sandbox::instantiate_error(error, max_memory)),
+        };
+        sandbox::forward_output(plugin, &mut store);
+        let guest = made?;
+        let start_memory = store.data().memory_peak();
+        Ok(Warm { store, guest, calls: 0, start_memory })
+    }
+
+    /// The most recently used idle instance (its pages are likeliest to be
+    /// in the CPU's caches).
+    fn take(&self) -> Option<Warm> {
+        let warm = self.idle.lock().ok()?.pop()?;
+        self.runtime.idle_slots().release(1);
+        Some(warm)
+    }
+
+    /// Keeps `warm` for the next call, unless it has served its share, grew,
+    /// is about to lose output, or there is no room; else drops it.
+    fn keep(&self, warm: Warm) {
+        let sandbox = warm.store.data();
+        let worn = warm.calls >= self.runtime.options().calls_per_instance
+            || sandbox.memory_peak() > warm.start_memory.saturating_add(RETIRE_GROWTH)
+            || sandbox.output_filling();
+        if worn {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else { return };
+        if idle.len() < MAX_IDLE_PER_PLUGIN && self.runtime.idle_slots().acquire(1) {
+            idle.push(warm);
+        }
+    }
+}
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().map_or(0, |idle| idle.len());
+        self.runtime.idle_slots().release(idle);
+    }
+}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instances").field("reuse", &self.reuse).field("idle", &self.idle()).finish()
+    }
+}
