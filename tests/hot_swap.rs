@@ -201,3 +201,30 @@ async fn a_client_sees_no_error_while_plugins_are_swapped_many_times() {
     let (sent, allowed, denied) = load.await.expect("the client saw only correct answers");
     assert!(sent > 0 && allowed > 0 && denied > 0, "sent {sent}, allowed {allowed}, denied {denied}");
 }
+
+/// `tollgate_plugin_rescans_total` now.
+async fn rescans(server: &Server) -> u64 {
+    let metrics = server.metrics_text().await;
+    let line = metrics.lines().find(|l| l.starts_with("tollgate_plugin_rescans_total ")).expect("rescan counter");
+    line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count")
+}
+
+#[tokio::test]
+async fn an_unchanged_directory_is_not_rescanned_again_and_again() {
+    let dir = tempfile::tempdir().unwrap();
+    support::install(dir.path(), "misbehave", guests::MISBEHAVE, Some(ALLOW));
+    let server = Server::start(dir.path(), &[]);
+    let http = client(&server.ca(), None);
+
+    // A change is noticed, rescanned once its burst of events is over...
+    let before = rescans(&server).await;
+    write_atomically(&dir.path().join("misbehave.settings.json"), DENY.as_bytes());
+    eventually(&http, &server, "/validate/misbehave", Some(false)).await;
+    let after_change = rescans(&server).await;
+    assert!(after_change > before, "the change was rescanned: {before} -> {after_change}");
+
+    // ...and then nothing: the rescan's own reads of the files are not
+    // changes (they used to start the next rescan, forever).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rescans(&server).await, after_change, "rescans while nothing changed");
+}

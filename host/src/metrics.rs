@@ -123,6 +123,8 @@ pub struct Metrics {
     pub plugins: Family<KindLabels, Gauge>,
     /// Plugins added, swapped or removed while serving.
     pub plugin_changes: Family<ChangeLabels, Counter>,
+    /// Rescans of the plugin directory (after file events, and periodically).
+    pub plugin_rescans: Counter,
     /// Attempts to apply webhook configurations to the cluster.
     pub webhook_syncs: Family<SyncLabels, Counter>,
     /// Gateway requests answered, by route and status.
@@ -151,6 +153,7 @@ impl Default for Metrics {
         let plugin_loads = Family::<LoadLabels, Counter>::default();
         let plugins = Family::<KindLabels, Gauge>::default();
         let plugin_changes = Family::<ChangeLabels, Counter>::default();
+        let plugin_rescans = Counter::default();
         let webhook_syncs = Family::<SyncLabels, Counter>::default();
         let gateway_requests = Family::<RouteStatusLabels, Counter>::default();
         let gateway_seconds: RouteHistogramFamily = Family::new_with_constructor(latency_histogram);
@@ -163,6 +166,7 @@ impl Default for Metrics {
         registry.register("plugin_loads", "Plugin files loaded or refused", plugin_loads.clone());
         registry.register("plugins", "Plugins serving", plugins.clone());
         registry.register("plugin_changes", "Plugins added, swapped or removed while serving", plugin_changes.clone());
+        registry.register("plugin_rescans", "Rescans of the plugin directory", plugin_rescans.clone());
         registry.register("webhook_syncs", "Attempts to apply webhook configurations", webhook_syncs.clone());
         registry.register("gateway_requests", "Gateway requests answered", gateway_requests.clone());
         registry.register("gateway_seconds", "Time to answer a gateway request", gateway_seconds.clone());
@@ -177,6 +181,7 @@ impl Default for Metrics {
             plugin_loads,
             plugins,
             plugin_changes,
+            plugin_rescans,
             webhook_syncs,
             gateway_requests,
             gateway_seconds,

@@ -46,8 +46,9 @@ pub struct DirWatch {
 pub fn start(dir: PathBuf) -> Result<DirWatch, WatchError> {
     let (tx, events) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Any event means "look again"; the rescan finds out what changed.
-        if event.is_ok() {
+        // Any change means "look again"; the rescan finds out what changed.
+        // Not reads: the rescan's own reads would start the next rescan.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.send(());
         }
     })
@@ -83,6 +84,7 @@ impl DirWatch {
                     }
                 }
                 let started = Instant::now();
+                state.metrics.plugin_rescans.inc();
                 let (loader, dir, current) = (loader.clone(), dir.clone(), state.registry());
                 let rescanned = tokio::task::spawn_blocking(move || reload::rescan(&loader, &dir, &current)).await;
                 match rescanned {
