@@ -2,10 +2,14 @@
 # Admission throughput, latency and server CPU per request: Tollgate serving
 # pod-validation (Wasm) next to the same server answering natively
 # (examples/native_admission_server.rs). Needs wrk (apt-get install wrk).
-# Usage: host/benches/admission-load.sh [seconds per run]
+# The four runs go in turn for several rounds (one run to the next differs by
+# several µs per request on a shared 2-core machine); the summary gives each
+# one's median.
+# Usage: host/benches/admission-load.sh [seconds per run] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
+rounds=${2:-3}
 body=tests/data/pod-create-infra-toleration.json
 cargo build --release --bin tollgate --example native_admission_server >/dev/null 2>&1
 work=$(mktemp -d)
@@ -14,7 +18,7 @@ mkdir "$work/plugins"
 cp target/guests/wasm32-wasip2/guest/pod_validation.wasm "$work/plugins/pod-validation.wasm"
 cp plugins/pod-validation/pod-validation.settings.json "$work/plugins/"
 
-RUST_LOG=warn target/release/tollgate serve --plugins "$work/plugins" --no-gateway --admission-addr 127.0.0.1:18443 \
+RUST_LOG=warn,rustls=error target/release/tollgate serve --plugins "$work/plugins" --no-gateway --admission-addr 127.0.0.1:18443 \
   --metrics-addr 127.0.0.1:19090 --ca-out "$work/ca.pem" &
 wasm_pid=$!
 target/release/examples/native_admission_server 127.0.0.1:18444 "$work/native-ca.pem" 2>/dev/null &
@@ -29,12 +33,23 @@ run() { # name pid url connections
   BODY=$body wrk -t "$(( $4 < 2 ? 1 : 2 ))" -c "$4" -d "${secs}s" --latency -s host/benches/admission-post.lua "$3" > "$work/out"
   after=$(cpu_ticks "$2")
   requests=$(awk '/requests in/ {print $1}' "$work/out")
-  printf '%-7s c=%-3s %10s req/s  p50 %8s  p99 %8s  server CPU %6.1f us/request\n' "$1" "$4" \
+  printf '%-10s %10s %9s %9s %6.1f\n' "$1/c=$4" \
     "$(awk '/Requests\/sec/ {print $2}' "$work/out")" \
     "$(awk '$1=="50%" {print $2}' "$work/out")" "$(awk '$1=="99%" {print $2}' "$work/out")" \
-    "$(echo "($after - $before) * 1000000 / $(getconf CLK_TCK) / $requests" | bc -l)"
+    "$(echo "($after - $before) * 1000000 / $(getconf CLK_TCK) / $requests" | bc -l)" | tee -a "$work/runs"
 }
-for c in 1 32; do
-  run wasm "$wasm_pid" https://127.0.0.1:18443/validate/pod-validation "$c"
-  run native "$native_pid" https://127.0.0.1:18444/validate/pod-validation "$c"
+echo "server        req/s       p50       p99  server CPU us/request"
+for _ in $(seq "$rounds"); do
+  for c in 1 32; do
+    run wasm "$wasm_pid" https://127.0.0.1:18443/validate/pod-validation "$c"
+    run native "$native_pid" https://127.0.0.1:18444/validate/pod-validation "$c"
+  done
+done
+echo "median of $rounds rounds (server CPU us/request; p50):"
+for name in $(awk '{print $1}' "$work/runs" | awk '!seen[$0]++'); do
+  cpu=$(awk -v n="$name" '$1==n {print $5}' "$work/runs" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
+  p50=$(awk -v n="$name" '$1==n {print $3}' "$work/runs" |
+    awk '{x=$1; if (x ~ /ms$/) {sub(/ms/,"",x); x*=1000} else sub(/us/,"",x); print x}' | sort -n |
+    awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
+  printf '  %-10s %6.1f  p50 %s us\n' "$name" "$cpu" "$p50"
 done

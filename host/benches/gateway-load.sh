@@ -9,10 +9,14 @@
 #               (only when haproxy is installed: apt-get install haproxy)
 # CPU is the proxy process's own (utime+stime from /proc) divided by the
 # requests wrk completed; for `direct`, the upstream's. Needs wrk.
-# Usage: host/benches/gateway-load.sh [seconds per run]
+# The scenarios run in turn for several rounds (the machine's noise is several
+# µs per request from one run to the next); the summary gives each one's
+# median over the rounds.
+# Usage: host/benches/gateway-load.sh [seconds per run] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
+rounds=${2:-3}
 cargo build --release --bin tollgate --example bench_upstream --example jwt_tokens >/dev/null 2>&1
 cargo build --profile guest --target wasm32-wasip2 --target-dir target/guests -p pass-route -p jwt-org-router >/dev/null 2>&1
 work=$(mktemp -d)
@@ -68,16 +72,24 @@ run() { # name pid port [env for the lua script]
   after=$(cpu_ticks "$2")
   requests=$(awk '/requests in/ {print $1}' "$work/out")
   if grep -q "Non-2xx" "$work/out"; then echo "$1: some answers were not 2xx"; cat "$work/out"; exit 1; fi
-  printf '%-10s %10s req/s  p50 %8s  p99 %8s  CPU %6.1f us/request\n' "$1" \
+  printf '%-13s %10s %8s %8s %6.1f\n' "$1" \
     "$(awk '/Requests\/sec/ {print $2}' "$work/out")" \
     "$(awk '$1=="50%" {print $2}' "$work/out")" "$(awk '$1=="99%" {print $2}' "$work/out")" \
-    "$(echo "($after - $before) * 1000000 / $(getconf CLK_TCK) / $requests" | bc -l)"
+    "$(echo "($after - $before) * 1000000 / $(getconf CLK_TCK) / $requests" | bc -l)" | tee -a "$work/runs"
 }
-run direct "$upstream_pid" 18080 DUMMY=1
-run pass "$pass_pid" 18081 DUMMY=1
-run jwt "$jwt_pid" 18082 "TOKEN=$token"
-run jwt-fresh "$jwt_pid" 18082 "TOKENS=$work/tokens"
-if [ -n "$haproxy_pid" ]; then
-  run haproxy "$haproxy_pid" 18083 "TOKEN=$token"
-  run haproxy-fresh "$haproxy_pid" 18083 "TOKENS=$work/tokens"
-fi
+echo "scenario           req/s      p50      p99  CPU us/request"
+for _ in $(seq "$rounds"); do
+  run direct "$upstream_pid" 18080 DUMMY=1
+  run pass "$pass_pid" 18081 DUMMY=1
+  run jwt "$jwt_pid" 18082 "TOKEN=$token"
+  run jwt-fresh "$jwt_pid" 18082 "TOKENS=$work/tokens"
+  if [ -n "$haproxy_pid" ]; then
+    run haproxy "$haproxy_pid" 18083 "TOKEN=$token"
+    run haproxy-fresh "$haproxy_pid" 18083 "TOKENS=$work/tokens"
+  fi
+done
+echo "median of $rounds rounds, CPU us/request:"
+for name in $(awk '{print $1}' "$work/runs" | awk '!seen[$0]++'); do
+  awk -v n="$name" '$1==n {print $5}' "$work/runs" | sort -n |
+    awk -v n="$name" '{v[NR]=$1} END {printf "  %-13s %6.1f  (%s runs, %.1f to %.1f)\n", n, v[int((NR+1)/2)], NR, v[1], v[NR]}'
+done

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tollgate::docs::DocsFormat;
 use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::gateway::proxy::UpstreamOptions;

@@ -17,6 +17,10 @@ use tollgate::tls::{CertSource, TlsOptions};
 
 mod native_pod;
 
+// The same allocator as `tollgate`, so only the decision differs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
