@@ -95,5 +95,46 @@ fn admission_call(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, compile, admission_call);
+/// The host's JWT verification (`services.verify-jwt`) for an RS256 token:
+/// seen before (the verified-token cache) and never seen (signature checked).
+fn jwt(c: &mut Criterion) {
+    use tollgate::contract::services::{JwtAlgorithm, JwtKey, JwtPolicy};
+    use tollgate::jwt::Verifier;
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/jwt");
+    let private = std::fs::read(format!("{data}/client-rs256.key")).expect("test key");
+    let pem = std::fs::read_to_string(format!("{data}/client-rs256.pub.pem")).expect("test key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&private).expect("RSA key");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("client-1".into());
+    let exp = tollgate::jwt::now_seconds() + 3600;
+    let token = |jti: u32| {
+        let claims = serde_json::json!({"org": "org-a", "sub": "bench", "exp": exp, "jti": jti});
+        jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    };
+    let (first, second) = (token(1), token(2));
+    let policy = JwtPolicy {
+        keys: vec![JwtKey { kid: Some("client-1".into()), algorithm: JwtAlgorithm::Rs256, pem }],
+        leeway_seconds: 30,
+        issuer: None,
+        audience: None,
+    };
+    let mut group = c.benchmark_group("jwt");
+    let verifier = Verifier::default();
+    verifier.verify(&first, &policy).expect("verifies");
+    group.bench_function("verify: token seen before", |b| b.iter(|| verifier.verify(black_box(&first), &policy)));
+    group.bench_function("verify: new token (key parsed before)", |b| {
+        b.iter_batched(
+            || {
+                let verifier = Verifier::default();
+                verifier.verify(&first, &policy).expect("verifies");
+                verifier
+            },
+            |verifier| verifier.verify(black_box(&second), &policy).expect("verifies"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, compile, admission_call, jwt);
 criterion_main!(benches);
