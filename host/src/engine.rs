@@ -17,8 +17,11 @@ use crate::error::EngineError;
 use crate::sandbox::Sandbox;
 use crate::snapshot::Snapshotter;
 
-/// How often the epoch advances; deadlines are accurate to about one tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// How often the epoch advances; deadlines are accurate to about one tick,
+/// and a long call yields to other tasks once a tick. Each tick wakes a
+/// thread: at 2 ms that cost an idle-ish server a few µs per request (more
+/// context switches and migrations), and deadlines are hundreds of ms.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Bytes of each memory and table kept resident between uses of a pool slot:
 /// covers a Rust guest's stack, data and a typical request's heap.
