@@ -150,6 +150,11 @@ fn eval_reports_bad_input_and_bad_plugins_clearly() {
     let out = tollgate(&["eval", guests::OLD_CONTRACT, &data("route-no-token.json")]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("built against tollgate:plugin@0.0.1"), "{}", text(&out.stderr));
+
+    // An instance must serve at least its one call.
+    let out = tollgate(&["serve", "--calls-per-instance", "0"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--calls-per-instance"), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -222,3 +222,27 @@ impl Drop for EpochTicker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{IdleSlots, Runtime};
+    use std::time::Duration;
+
+    #[test]
+    fn idle_slots_are_never_overdrawn() {
+        let slots = IdleSlots::new(2);
+        assert!(slots.acquire(1));
+        assert!(slots.acquire(1));
+        assert!(!slots.acquire(1), "a third slot would let idle instances starve running calls");
+        slots.release(2);
+        assert!(slots.acquire(2));
+        assert!(!slots.acquire(1));
+    }
+
+    #[test]
+    fn deadlines_round_up_to_whole_ticks() {
+        assert_eq!(Runtime::deadline_ticks(Duration::ZERO), 1);
+        assert_eq!(Runtime::deadline_ticks(super::EPOCH_TICK), 1);
+        assert_eq!(Runtime::deadline_ticks(super::EPOCH_TICK + Duration::from_micros(1)), 2);
+    }
+}
