@@ -784,3 +784,38 @@ async fn https_upstreams_are_verified_against_the_configured_ca() {
     assert_eq!(response.status(), 502);
     assert_eq!(upstream.seen().len(), before, "nothing reaches an untrusted upstream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_loop_serves_and_a_busy_port_is_refused() {
+    let upstream = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    let server = Server::start(dir.path(), &["--gateway-threads", "3"]);
+    assert!(server.log.lock().unwrap().iter().any(|l| l.contains("gateway listening") && l.contains("threads=3")));
+
+    // Connections land on the three sockets as the kernel spreads them;
+    // each must be answered, whichever event loop took it.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let url = gateway_url(&server, &format!("/conn/{i}"));
+        tasks.spawn(async move {
+            // A client per request: a new connection each time.
+            let response = reqwest::Client::new().get(url).send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap()["upstream"].clone())
+        });
+    }
+    while let Some(answer) = tasks.join_next().await {
+        assert_eq!(answer.unwrap(), (reqwest::StatusCode::OK, json!("app")));
+    }
+
+    // SO_REUSEPORT must not let a second server share the port unnoticed.
+    let addr = server.gateway.unwrap().to_string();
+    let second = std::process::Command::new(support::TOLLGATE)
+        .args(["serve", "--no-watch", "--admission-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--gateway-addr", &addr])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains(&addr) && said.to_lowercase().contains("in use"), "{said}");
+}

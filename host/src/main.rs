@@ -92,6 +92,10 @@ struct ServeArgs {
     /// Do not run the gateway.
     #[arg(long)]
     no_gateway: bool,
+    /// Event-loop threads of the gateway, each with its own socket on the
+    /// address (SO_REUSEPORT); default: one per CPU.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    gateway_threads: Option<u16>,
     /// Serve the gateway over HTTPS, with the admission listener's certificate.
     #[arg(long)]
     gateway_tls: bool,
@@ -338,6 +342,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             addr: args.gateway_addr,
             tls: args.gateway_tls,
             trusted_proxies: args.trusted_proxies,
+            threads: args.gateway_threads.map_or_else(
+                || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                usize::from,
+            ),
             upstream: UpstreamOptions {
                 extra_ca: args.upstream_ca,
                 connect_timeout: Duration::from_millis(args.upstream_connect_timeout_ms),
