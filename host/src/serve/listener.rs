@@ -18,6 +18,92 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+/// Listening sockets on one address, each served by its own thread.
+pub struct EventLoops {
+    listeners: Vec<std::net::TcpListener>,
+}
+
+impl EventLoops {
+    /// `threads` sockets on `addr` with SO_REUSEPORT, so the kernel spreads
+    /// new connections over them; port 0 picks one free port for all. A
+    /// plain bind comes first: SO_REUSEPORT alone would let a second server
+    /// of the same user share a busy port without a word.
+    pub fn bind(addr: SocketAddr, threads: usize) -> std::io::Result<Self> {
+        use socket2::{Domain, Socket, Type};
+        if addr.port() != 0 {
+            drop(std::net::TcpListener::bind(addr)?);
+        }
+        let mut listeners = Vec::with_capacity(threads.max(1));
+        let mut at = addr;
+        for _ in 0..threads.max(1) {
+            let socket = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&at.into())?;
+            socket.listen(1024)?;
+            let listener = std::net::TcpListener::from(socket);
+            at = listener.local_addr()?;
+            listeners.push(listener);
+        }
+        Ok(Self { listeners })
+    }
+
+    /// The bound address (the chosen port when asked for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listeners.first().map_or_else(|| Err(std::io::ErrorKind::NotConnected.into()), |l| l.local_addr())
+    }
+
+    /// How many event loops there are.
+    pub fn len(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// Always false: there is at least one loop.
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+    }
+
+    /// Starts one thread per socket, each running [`serve`] on a
+    /// single-threaded runtime with `handler(i)`: a request stays on one
+    /// thread from accept to response (on the shared work-stealing runtime
+    /// it hopped between workers, several µs of CPU per request). Returns,
+    /// per loop, a receiver that completes once it has drained.
+    pub fn spawn<H, F, B>(
+        self,
+        name: &'static str,
+        tls: Option<TlsAcceptor>,
+        mut handler: impl FnMut(usize) -> H,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Vec<tokio::sync::oneshot::Receiver<()>>>
+    where
+        H: Fn(Request<Incoming>, Arc<Connection>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut finished = Vec::with_capacity(self.listeners.len());
+        for (i, socket) in self.listeners.into_iter().enumerate() {
+            let (handler, tls, shutdown) = (handler(i), tls.clone(), shutdown.clone());
+            let (done, drained) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new().name(format!("tollgate-{name}-{i}")).spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(async move {
+                        match TcpListener::from_std(socket) {
+                            Ok(listener) => serve(name, listener, tls, handler, shutdown).await,
+                            Err(error) => tracing::error!(listener = name, %error, "socket unusable"),
+                        }
+                    }),
+                    Err(error) => tracing::error!(listener = name, %error, "cannot start an event loop"),
+                }
+                let _ = done.send(());
+            })?;
+            finished.push(drained);
+        }
+        Ok(finished)
+    }
+}
+
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that has not sent its request headers by then is dropped.

@@ -17,6 +17,7 @@ use crate::error::{DirError, EngineError};
 use crate::gateway::Gateway;
 use crate::gateway::proxy::{UpstreamOptions, Upstreams};
 use crate::loader::Loader;
+use crate::serve::listener::EventLoops;
 use crate::state::HostState;
 use crate::sync::{ClusterConfig, SyncError, WebhookSync};
 use crate::tls::{self, TlsError, TlsOptions};
@@ -58,10 +59,8 @@ pub struct GatewayOptions {
     pub trusted_proxies: Vec<String>,
     /// Upstream timeouts and pooling.
     pub upstream: UpstreamOptions,
-    /// Event-loop threads of its own, each a single-threaded runtime with
-    /// its own listening socket, upstream pool and connections: a request
-    /// stays on one thread from accept to response, which measured 6 µs of
-    /// CPU per request cheaper than the shared work-stealing runtime.
+    /// Event loops: threads with a single-threaded runtime, a socket and an
+    /// upstream pool of their own each (see [`EventLoops`]).
     pub threads: usize,
 }
 
@@ -91,6 +90,9 @@ pub enum ServeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A thread for an event loop could not be started.
+    #[error("cannot start an event-loop thread: {0}")]
+    EventLoop(std::io::Error),
     /// The plugin directory could not be read.
     #[error(transparent)]
     Plugins(#[from] DirError),
@@ -135,6 +137,8 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     };
     let mut servers = tokio::task::JoinSet::new();
 
+    // Admission stays on the shared runtime: on event loops of its own it
+    // measured the same CPU per request and a worse tail (BENCHMARKS.md).
     let admission_listener = bind(options.admission_addr).await?;
     tracing::info!(addr = %local(&admission_listener), "admission webhook listening (HTTPS)");
     let admission_state = state.clone();
@@ -153,37 +157,30 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
             let upstreams = Upstreams::new(options.upstream.clone())?;
             Ok(Arc::new(Gateway::new(state.clone(), upstreams, trusted, options.tls)))
         };
-        // One event loop per thread, each accepting on its own socket: a
-        // request stays on its thread from accept to response, which cost
-        // about 6 µs of CPU per request less than the shared work-stealing
-        // runtime (BENCHMARKS.md).
-        let listeners = bind_shared(options.addr, options.threads.max(1))?;
-        let addr = listeners.first().and_then(|l| l.local_addr().ok()).map_or_else(|| "?".into(), |a| a.to_string());
-        tracing::info!(%addr, threads = listeners.len(), "gateway listening ({scheme})");
-        for (i, std_listener) in listeners.into_iter().enumerate() {
-            let gateway = new_gateway(trusted.clone())?;
-            let handler = move |req, conn| {
-                let gateway = Arc::clone(&gateway);
-                async move { gateway.handle(req, conn).await }
-            };
-            let (tls, shutdown) = (gateway_tls.clone(), shutdown_rx.clone());
-            let (done, finished) = tokio::sync::oneshot::channel::<()>();
-            std::thread::Builder::new()
-                .name(format!("tollgate-gateway-{i}"))
-                .spawn(move || {
-                    event_loop(async move {
-                        match TcpListener::from_std(std_listener) {
-                            Ok(listener) => listener::serve("gateway", listener, tls, handler, shutdown).await,
-                            Err(error) => tracing::error!(%error, "gateway socket unusable"),
-                        }
-                    });
-                    let _ = done.send(());
-                })
-                .map_err(|e| ServeError::Gateway(format!("cannot start an event-loop thread: {e}")))?;
-            servers.spawn(async move {
-                let _ = finished.await;
-            });
+        let loops = EventLoops::bind(options.addr, options.threads)
+            .map_err(|source| ServeError::Bind { addr: options.addr, source })?;
+        let addr = loops.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+        tracing::info!(%addr, threads = loops.len(), "gateway listening ({scheme})");
+        let mut gateways = Vec::with_capacity(loops.len());
+        for _ in 0..loops.len() {
+            // Each loop its own upstream pool: connections stay on the thread that made them.
+            gateways.push(new_gateway(trusted.clone())?);
         }
+        let drained = loops
+            .spawn(
+                "gateway",
+                gateway_tls,
+                |i| {
+                    let gateway = Arc::clone(&gateways[i]);
+                    move |req, conn| {
+                        let gateway = Arc::clone(&gateway);
+                        async move { gateway.handle(req, conn).await }
+                    }
+                },
+                shutdown_rx.clone(),
+            )
+            .map_err(ServeError::EventLoop)?;
+        wait_for(&mut servers, drained);
     }
 
     if let Some(addr) = options.metrics_addr {
@@ -260,38 +257,13 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     Ok(())
 }
 
-/// Runs `serving` on a single-threaded runtime of the calling thread.
-fn event_loop(serving: impl std::future::Future<Output = ()>) {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(serving),
-        Err(error) => tracing::error!(%error, "cannot start a gateway event loop"),
+/// Makes `servers` wait, at shutdown, for each event loop to drain.
+fn wait_for(servers: &mut tokio::task::JoinSet<()>, drained: Vec<tokio::sync::oneshot::Receiver<()>>) {
+    for loop_drained in drained {
+        servers.spawn(async move {
+            let _ = loop_drained.await;
+        });
     }
-}
-
-/// `n` listening sockets on `addr` with SO_REUSEPORT: the kernel spreads
-/// new connections over them. Port 0 picks one free port for all of them.
-fn bind_shared(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, ServeError> {
-    use socket2::{Domain, Socket, Type};
-    // SO_REUSEPORT would let a second server of the same user share a busy
-    // port silently; a plain bind first refuses it as "address in use".
-    if addr.port() != 0 {
-        drop(std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?);
-    }
-    let mut listeners = Vec::with_capacity(n);
-    let mut at = addr;
-    for _ in 0..n {
-        let fail = |source| ServeError::Bind { addr, source };
-        let socket = Socket::new(Domain::for_address(at), Type::STREAM, None).map_err(fail)?;
-        socket.set_reuse_address(true).map_err(fail)?;
-        socket.set_reuse_port(true).map_err(fail)?;
-        socket.set_nonblocking(true).map_err(fail)?;
-        socket.bind(&at.into()).map_err(fail)?;
-        socket.listen(1024).map_err(fail)?;
-        let listener = std::net::TcpListener::from(socket);
-        at = listener.local_addr().map_err(fail)?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
