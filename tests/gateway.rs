@@ -800,7 +800,7 @@ async fn every_event_loop_serves_and_a_busy_port_is_refused() {
         let url = gateway_url(&server, &format!("/conn/{i}"));
         tasks.spawn(async move {
             // A client per request: a new connection each time.
-            let response = reqwest::Client::new().get(url).send().await.unwrap();
+            let response = http().get(url).send().await.unwrap();
             (response.status(), response.json::<Value>().await.unwrap()["upstream"].clone())
         });
     }

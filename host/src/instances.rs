@@ -91,7 +91,7 @@ impl Instances {
     }
 
     /// Idle instances kept now.
-    pub fn idle(&self) -> usize {
+    fn idle(&self) -> usize {
         self.idle.lock().map_or(0, |idle| idle.len())
     }
 

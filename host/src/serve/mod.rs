@@ -180,7 +180,12 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
                 shutdown_rx.clone(),
             )
             .map_err(ServeError::EventLoop)?;
-        wait_for(&mut servers, drained);
+        // Shutdown waits for every loop to drain.
+        for loop_drained in drained {
+            servers.spawn(async move {
+                let _ = loop_drained.await;
+            });
+        }
     }
 
     if let Some(addr) = options.metrics_addr {
@@ -255,15 +260,6 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     let _ = shutdown_tx.send(true);
     while servers.join_next().await.is_some() {}
     Ok(())
-}
-
-/// Makes `servers` wait, at shutdown, for each event loop to drain.
-fn wait_for(servers: &mut tokio::task::JoinSet<()>, drained: Vec<tokio::sync::oneshot::Receiver<()>>) {
-    for loop_drained in drained {
-        servers.spawn(async move {
-            let _ = loop_drained.await;
-        });
-    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
