@@ -17,7 +17,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::contract::types::{Forward, Header};
-use crate::tls::TlsError;
 
 /// The body type of every gateway request and response.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -123,20 +122,21 @@ pub struct ClientFacts<'a> {
 
 impl Upstreams {
     /// A client with pooled keep-alive connections, over TLS for
-    /// `https://` upstreams (system roots plus `extra_ca`).
-    pub fn new(options: UpstreamOptions) -> Result<Self, TlsError> {
+    /// `https://` upstreams trusting what `tls` trusts (build it with
+    /// [`crate::tls::client_config`]: system roots plus `extra_ca`; several
+    /// pools can share one loaded set).
+    pub fn new(options: UpstreamOptions, tls: rustls::ClientConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(options.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(false);
-        let tls = crate::tls::client_config(options.extra_ca.as_deref())?;
         let connector =
             HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(options.max_idle_per_host)
             .build(connector);
-        Ok(Self { client, options })
+        Self { client, options }
     }
 
     /// Sends `req` to the upstream `forward` names, with its headers

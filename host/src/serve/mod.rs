@@ -119,9 +119,17 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         Some(gateway) => {
             let trusted = Cidrs::parse(&gateway.trusted_proxies)
                 .map_err(|e| ServeError::Gateway(format!("--trusted-proxy {e}")))?;
-            // Checked now, so a bad --upstream-ca stops the start-up.
-            Upstreams::new(gateway.upstream.clone())?;
-            Some((gateway, trusted))
+            // Trust is loaded once (a bad --upstream-ca stops the start-up);
+            // each event loop gets its own upstream pool, so connections
+            // stay on the thread that made them.
+            let upstream_tls = tls::client_config(gateway.upstream.extra_ca.as_deref())?;
+            let gateways: Vec<Arc<Gateway>> = (0..gateway.threads.max(1))
+                .map(|_| {
+                    let upstreams = Upstreams::new(gateway.upstream.clone(), upstream_tls.clone());
+                    Arc::new(Gateway::new(state.clone(), upstreams, trusted.clone(), gateway.tls))
+                })
+                .collect();
+            Some((gateway, gateways))
         }
         None => None,
     };
@@ -150,22 +158,13 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         shutdown_rx.clone(),
     ));
 
-    if let Some((options, trusted)) = gateway {
+    if let Some((options, gateways)) = gateway {
         let scheme = if options.tls { "HTTPS" } else { "HTTP" };
         let gateway_tls = options.tls.then(|| tls.clone());
-        let new_gateway = |trusted: Cidrs| -> Result<Arc<Gateway>, ServeError> {
-            let upstreams = Upstreams::new(options.upstream.clone())?;
-            Ok(Arc::new(Gateway::new(state.clone(), upstreams, trusted, options.tls)))
-        };
-        let loops = EventLoops::bind(options.addr, options.threads)
+        let loops = EventLoops::bind(options.addr, gateways.len())
             .map_err(|source| ServeError::Bind { addr: options.addr, source })?;
         let addr = loops.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
         tracing::info!(%addr, threads = loops.len(), "gateway listening ({scheme})");
-        let mut gateways = Vec::with_capacity(loops.len());
-        for _ in 0..loops.len() {
-            // Each loop its own upstream pool: connections stay on the thread that made them.
-            gateways.push(new_gateway(trusted.clone())?);
-        }
         let drained = loops
             .spawn(
                 "gateway",
