@@ -185,6 +185,11 @@ fn write_settings(dir: &Path, stem: &str, settings: &Value) {
     std::fs::rename(tmp, dir.join(format!("{stem}.settings.json"))).unwrap();
 }
 
+/// `pass-route` forwarding everything to `upstream`.
+fn install_pass_route(dir: &Path, upstream: &str) {
+    install(dir, "pass-route", guests::PASS_ROUTE, Some(&json!({ "upstream": upstream }).to_string()));
+}
+
 fn gateway_url(server: &Server, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", server.gateway.expect("gateway listening").port())
 }
@@ -441,7 +446,7 @@ async fn jwt_org_router_follows_the_reference_table() {
 async fn email_allowlist_follows_oauth2_proxy_and_applies_edits_live() {
     let upstream = Upstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    install_pass_route(dir.path(), &upstream.url());
     let list = |entries: Value| json!({"emails": entries, "identityHeader": "X-Forwarded-Email", "trustedProxies": ["127.0.0.1/32"]});
     install(
         dir.path(),
@@ -545,7 +550,7 @@ async fn identity_headers_from_clients_are_neither_trusted_nor_passed_on() {
     let emails = json!({"emails": ["alice@example.org"], "identityHeader": "X-Forwarded-Email", "trustedProxies": ["10.0.0.0/8"]});
     install(dir.path(), "email-allowlist", guests::EMAIL_ALLOWLIST, Some(&emails.to_string()));
     // A second route on the same paths, at a lower priority: never chosen.
-    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    install_pass_route(dir.path(), &upstream.url());
     let server = Server::start(dir.path(), &[]);
     let unauthenticated = http().get(gateway_url(&server, "/")).send().await.unwrap();
     assert_eq!(unauthenticated.status(), 401, "jwt-org-router (priority 0) wins over pass-route (-10)");
@@ -570,7 +575,7 @@ async fn identity_headers_from_clients_are_neither_trusted_nor_passed_on() {
 async fn cidr_allowlist_checks_the_real_client_address() {
     let upstream = Upstream::start("digdag").await;
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    install_pass_route(dir.path(), &upstream.url());
     install(
         dir.path(),
         "cidr-allowlist",
@@ -616,7 +621,7 @@ async fn cidr_allowlist_checks_the_real_client_address() {
 async fn upstream_failures_routing_and_streaming() {
     let upstream = Upstream::start("big").await;
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    install_pass_route(dir.path(), &upstream.url());
     let server = Server::start(dir.path(), &["--upstream-timeout-ms", "2000"]);
 
     // HTTP/2 clients (h2c) are served; the upstream still gets HTTP/1.1.
@@ -673,7 +678,7 @@ async fn upstream_failures_routing_and_streaming() {
 async fn catalog_allowlist_guards_admission_and_gateway_creation() {
     let upstream = Upstream::start("airbyte").await;
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    install_pass_route(dir.path(), &upstream.url());
     let catalog = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/catalog-allowlist/catalog-allowlist.settings.json"),
     )
@@ -746,7 +751,7 @@ async fn catalog_allowlist_guards_admission_and_gateway_creation() {
 async fn the_gateway_serves_https_and_says_so_upstream() {
     let upstream = Upstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    install_pass_route(dir.path(), &upstream.url());
     let server = Server::start(dir.path(), &["--gateway-tls"]);
     let port = server.gateway.unwrap().port();
     let response = client(&server.ca(), None).get(format!("https://localhost:{port}/secure")).send().await.unwrap();
@@ -789,7 +794,7 @@ async fn https_upstreams_are_verified_against_the_configured_ca() {
 async fn every_event_loop_serves_and_a_busy_port_is_refused() {
     let upstream = Upstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), "pass-route", guests::PASS_ROUTE, Some(&json!({"upstream": upstream.url()}).to_string()));
+    install_pass_route(dir.path(), &upstream.url());
     let server = Server::start(dir.path(), &["--gateway-threads", "3"]);
     assert!(server.log.lock().unwrap().iter().any(|l| l.contains("gateway listening") && l.contains("threads=3")));
 
