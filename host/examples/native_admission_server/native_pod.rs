@@ -33,21 +33,20 @@ impl Policy {
         let json = req.old_object.as_deref().or(req.object.as_deref());
         let pod: Pod =
             serde_json::from_str(json.ok_or((400, "no pod".to_string()))?).map_err(|e| (400, e.to_string()))?;
-        let namespace = if pod.metadata.namespace.is_empty() {
-            req.namespace.clone().unwrap_or_default()
+        let namespace: &str = if pod.metadata.namespace.is_empty() {
+            req.namespace.as_deref().unwrap_or_default()
         } else {
-            pod.metadata.namespace
+            &pod.metadata.namespace
         };
-        let privileged = self.protected_namespaces.matches(&namespace)
+        let privileged = self.protected_namespaces.matches(namespace)
             && !self.customer_namespace_substrings.iter().any(|sub| namespace.contains(sub.as_str()));
         if privileged {
             return Ok(());
         }
-        let blocked = pod
-            .spec
-            .tolerations
-            .iter()
-            .find(|t| self.blocked_toleration_keys.contains(&t.key) && self.blocked_effects.contains(&t.effect));
+        let blocked = pod.spec.tolerations.iter().find(|t| {
+            self.blocked_toleration_keys.iter().any(|k| *k == t.key)
+                && self.blocked_effects.iter().any(|e| *e == t.effect)
+        });
         match blocked {
             Some(t) => Err((403, format!("Not allowed to schedule a pod with {} {} toleration", t.effect, t.key))),
             None => Ok(()),

@@ -1,48 +1,61 @@
 //! What the OpenShift-style admission plugins share: name patterns from
 //! settings, reading objects from the request, and the decision they make.
 //!
-//! Every plugin call runs on a fresh instance and parses its settings again,
-//! so patterns take a fast path: `^name$` is an exact match and `^prefix.*`
-//! (or `^prefix`) a prefix match; only other expressions are compiled as
-//! regular expressions (Go's `MatchString` semantics: unanchored search).
+//! Patterns take a fast path, since a regular expression costs more to
+//! compile and to match than the rest of a decision: `^name$` is an exact
+//! match and `^prefix.*` (or `^prefix`) a prefix match; only other
+//! expressions are compiled as regular expressions (Go's `MatchString`
+//! semantics: unanchored search).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
-/// Just what the rules read of a Pod: serde skips the rest without
-/// building it.
+/// Just what the rules read of a Pod. serde skips the rest without building
+/// it, and the strings borrow from the JSON text where it has no escapes, so
+/// reading a pod allocates almost nothing (allocation was a quarter of the
+/// plugin's time in Wasm).
 pub mod pod {
+    use std::borrow::Cow;
+
     use serde::Deserialize;
 
-    /// A Pod's metadata and tolerations.
+    /// A Pod's namespace and tolerations.
     #[derive(Deserialize)]
-    pub struct Pod {
-        /// `metadata`.
-        #[serde(default)]
-        pub metadata: super::ObjectMeta,
+    pub struct Pod<'a> {
+        /// `metadata`, namespace only.
+        #[serde(default, borrow)]
+        pub metadata: Metadata<'a>,
         /// `spec`, tolerations only.
-        #[serde(default)]
-        pub spec: PodSpec,
+        #[serde(default, borrow)]
+        pub spec: PodSpec<'a>,
+    }
+
+    /// The namespace of a pod.
+    #[derive(Deserialize, Default)]
+    pub struct Metadata<'a> {
+        /// `namespace` (empty when the request names it instead).
+        #[serde(default, borrow)]
+        pub namespace: Cow<'a, str>,
     }
 
     /// The tolerations of a pod spec.
     #[derive(Deserialize, Default)]
-    pub struct PodSpec {
+    pub struct PodSpec<'a> {
         /// `tolerations`.
-        #[serde(default)]
-        pub tolerations: Vec<Toleration>,
+        #[serde(default, borrow)]
+        pub tolerations: Vec<Toleration<'a>>,
     }
 
     /// One toleration.
     #[derive(Deserialize)]
-    pub struct Toleration {
+    pub struct Toleration<'a> {
         /// `key` (empty matches every key).
-        #[serde(default)]
-        pub key: String,
+        #[serde(default, borrow)]
+        pub key: Cow<'a, str>,
         /// `effect`.
-        #[serde(default)]
-        pub effect: String,
+        #[serde(default, borrow)]
+        pub effect: Cow<'a, str>,
     }
 }
 
@@ -268,6 +281,18 @@ mod tests {
     fn unanchored_patterns_search_like_go() {
         let p = Patterns::parse(&["monitoring"]).unwrap();
         assert!(p.matches("my-monitoring-ns"));
+    }
+
+    #[test]
+    fn pod_strings_borrow_but_escaped_ones_still_read() {
+        let json = r#"{"metadata": {"namespace": "team-a", "labels": {"x": "y"}},
+            "spec": {"tolerations": [{"key": "node-role.kubernetes.io\/infra", "effect": "NoSchedule"}]}}"#;
+        let pod: pod::Pod = serde_json::from_str(json).unwrap();
+        assert!(matches!(pod.metadata.namespace, std::borrow::Cow::Borrowed("team-a")));
+        assert_eq!(pod.spec.tolerations[0].key, "node-role.kubernetes.io/infra");
+        assert_eq!(pod.spec.tolerations[0].effect, "NoSchedule");
+        let bare: pod::Pod = serde_json::from_str("{}").unwrap();
+        assert!(bare.metadata.namespace.is_empty() && bare.spec.tolerations.is_empty());
     }
 
     #[test]

@@ -44,23 +44,21 @@ fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
         Some(Err(e)) => return Decision::invalid(format!("pod is not a valid object: {e}")),
         None => return Decision::invalid("request carries no pod"),
     };
-    let namespace = if pod.metadata.namespace.is_empty() {
-        req.namespace.clone().unwrap_or_default()
+    let namespace: &str = if pod.metadata.namespace.is_empty() {
+        req.namespace.as_deref().unwrap_or_default()
     } else {
-        pod.metadata.namespace.clone()
+        &pod.metadata.namespace
     };
     // 2. Privileged: protected, and not one of the customer exceptions.
-    let privileged = s.protected_namespaces.matches(&namespace)
+    let privileged = s.protected_namespaces.matches(namespace)
         && !s.customer_namespace_substrings.iter().any(|sub| namespace.contains(sub.as_str()));
     if privileged {
         return Decision::allow();
     }
     // 3. Customer pods may not tolerate the blocked taints.
-    let blocked = pod
-        .spec
-        .tolerations
-        .iter()
-        .find(|t| s.blocked_toleration_keys.contains(&t.key) && s.blocked_effects.contains(&t.effect));
+    let blocked = pod.spec.tolerations.iter().find(|t| {
+        s.blocked_toleration_keys.iter().any(|k| *k == t.key) && s.blocked_effects.iter().any(|e| *e == t.effect)
+    });
     if let Some(t) = blocked {
         return Decision::deny(format!(
             "Not allowed to schedule a pod with {} {} toleration on an infra or control-plane node",
