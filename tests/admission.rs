@@ -547,6 +547,49 @@ async fn failure_policy_fail_denies_and_ignore_allows_with_a_warning() {
     );
 }
 
+#[tokio::test]
+async fn calls_beyond_max_instances_wait_and_are_answered_by_the_failure_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "loop-ignore", guests::MISBEHAVE_IGNORE, Some(r#"{"validate": "loop"}"#));
+    install(dir.path(), "count", guests::MISBEHAVE, Some(r#"{"validate": "count"}"#));
+    // One call at a time: the second and third looping requests wait for the
+    // first, and either get the instance too late or never before their own
+    // deadline. Which one depends on timing; both must be answered, by the
+    // plugin's failurePolicy (Ignore), and never hang.
+    let server = Server::start(dir.path(), &["--max-instances", "1"]);
+    let http = client(&server.ca(), None);
+    let review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let (http, url, body) = (http.clone(), server.url("/validate/misbehave-ignore"), review.json(&format!("w{i}")));
+        tasks.spawn(async move { post_review(&http, &url, &body).await });
+    }
+    let mut warnings = Vec::new();
+    while let Some(answer) = tasks.join_next().await {
+        let answer: Value = answer.expect("request task");
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        warnings.push(answer["response"]["warnings"][0].as_str().unwrap_or_default().to_string());
+    }
+    for warning in &warnings {
+        assert!(
+            warning.contains("ran past its deadline") || warning.contains("no plugin instance became free"),
+            "{warning}"
+        );
+        assert!(warning.contains("allowed by failurePolicy Ignore"), "{warning}");
+    }
+    let metrics = server.metrics_text().await;
+    let failures: u64 = ["deadline", "overloaded"]
+        .iter()
+        .filter_map(|cause| {
+            let series = format!(r#"tollgate_plugin_failures_total{{plugin="misbehave-ignore",cause="{cause}"}} "#);
+            metrics.lines().find_map(|line| line.strip_prefix(series.as_str())?.parse::<u64>().ok())
+        })
+        .sum();
+    assert_eq!(failures, 3, "{metrics}");
+    // The permit came back: the next call runs.
+    assert_eq!(messages(&server, "/validate/misbehave", &["a"]).await, ["call 1"]);
+}
+
 /// The status message of each answer, asking one request at a time for an
 /// object of each name.
 async fn messages(server: &Server, path: &str, names: &[&str]) -> Vec<String> {

@@ -74,7 +74,13 @@ async fn decide(
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let deadline = plugin.call_deadline();
-    let outcome = match tokio::time::timeout(deadline, state.permits.clone().acquire_owned()).await {
+    // A free permit is taken at once; only waiting for one needs a timer
+    // (registering one on every request cost 0.1-0.7 µs in the server).
+    let permit = match state.permits.clone().try_acquire_owned() {
+        Ok(permit) => Ok(Ok(permit)),
+        Err(_) => tokio::time::timeout(deadline, state.permits.clone().acquire_owned()).await,
+    };
+    let outcome = match permit {
         Ok(Ok(_permit)) => {
             // The guest runs here, as a future that yields at every epoch
             // tick: no thread hand-off, and a long guest never holds the
