@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tollgate::admission;
 use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::loader::{Loader, Settings};
@@ -54,6 +54,17 @@ fn load(loader: &Loader, guest: &str, plugin: &str) -> tollgate::plugin::Plugin 
     loader.load_bytes(Path::new(guest), &bytes, settings).expect("loads")
 }
 
+/// Several times the L2 cache of a core here (1 MiB), under the L3 (32 MiB).
+const EVICT_BYTES: usize = 64 << 20;
+
+/// Writes every cache line of `buffer`, so what ran before is out of L1/L2.
+fn evict_caches(buffer: &mut [u8]) {
+    for line in buffer.chunks_mut(64) {
+        line[0] = line[0].wrapping_add(1);
+    }
+    black_box(buffer);
+}
+
 fn request(review: &str) -> tollgate::contract::types::AdmissionRequest {
     admission::to_contract(&admission::parse_review(review.as_bytes()).expect("review")).expect("convertible")
 }
@@ -84,6 +95,41 @@ fn admission_call(c: &mut Criterion) {
         b.iter(|| native_pod::Policy::shipped().decide(black_box(&pod_request)))
     });
     group.bench_function("host: parse review + convert", |b| b.iter(|| request(black_box(POD_REVIEW))));
+    // What a call costs before the plugin does any work: a plugin that
+    // allows without reading the request (handing the request over and
+    // the verdict back).
+    let bytes = std::fs::read(guests::MISBEHAVE).expect("guest built");
+    let settings =
+        Settings::from_text(r#"{"validate": "ok"}"#, Path::new("misbehave.settings.json")).expect("settings");
+    let trivial = loader.load_bytes(Path::new(guests::MISBEHAVE), &bytes, settings).expect("loads");
+    group.bench_function("wasm: warm instance + a validate that reads nothing", |b| {
+        b.iter(|| rt.block_on(trivial.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
+    });
+    // In a server, the rest of the request (TLS, HTTP, parsing) pushes the
+    // plugin's code and memory out of the CPU caches between calls; these
+    // run each call after evicting them (the eviction is not timed).
+    let mut evict = vec![0u8; EVICT_BYTES];
+    group.bench_function("wasm, caches evicted: warm instance + validate", |b| {
+        b.iter_batched(
+            || evict_caches(&mut evict),
+            |()| rt.block_on(pod.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"),
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("wasm, caches evicted: warm instance + a validate that reads nothing", |b| {
+        b.iter_batched(
+            || evict_caches(&mut evict),
+            |()| rt.block_on(trivial.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"),
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("native, caches evicted", |b| {
+        b.iter_batched(
+            || evict_caches(&mut evict),
+            |()| native.decide(black_box(&pod_request)),
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
 
     let ns = load(&loader, guests::NAMESPACE_VALIDATION, "namespace-validation");
