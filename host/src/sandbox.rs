@@ -32,6 +32,8 @@ pub struct Sandbox {
     /// serves several calls keeps its pipes.
     forwarded: [usize; 2],
     verifier: Arc<Verifier>,
+    /// When the running call must stop; see [`arm_deadline`].
+    deadline: Instant,
 }
 
 impl WasiView for Sandbox {
@@ -63,6 +65,7 @@ impl Sandbox {
             stderr,
             forwarded: [0; 2],
             verifier,
+            deadline: Instant::now(),
         }
     }
 
@@ -130,17 +133,20 @@ pub(crate) fn new_store(runtime: &Runtime) -> Store<Sandbox> {
     let mut store =
         Store::new(runtime.engine(), Sandbox::new(runtime.options().max_memory_bytes, runtime.verifier().clone()));
     store.limiter(|sandbox| &mut sandbox.limits);
+    // Installed once per store: the deadline itself lives in the store's
+    // data, so arming a call allocates nothing (a new callback per call
+    // cost about 0.3 µs in the server).
+    store.epoch_deadline_callback(|store| {
+        Ok(if Instant::now() >= store.data().deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+    });
     store
 }
 
 /// Gives the next call on `store` until `deadline` from now: the guest yields
 /// to the executor at every epoch tick and is interrupted once it has passed.
 pub(crate) fn arm_deadline(store: &mut Store<Sandbox>, deadline: Duration) {
-    let end = Instant::now() + deadline;
+    store.data_mut().deadline = Instant::now() + deadline;
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        Ok(if Instant::now() >= end { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
-    });
 }
 
 /// Runs `f` on a fresh instance of `pre` under `deadline`, then drops the
