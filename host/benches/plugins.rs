@@ -54,10 +54,12 @@ fn load(loader: &Loader, guest: &str, plugin: &str) -> tollgate::plugin::Plugin 
     loader.load_bytes(Path::new(guest), &bytes, settings).expect("loads")
 }
 
-/// Several times the L2 cache of a core here (1 MiB), under the L3 (32 MiB).
+/// Twice this machine's L3 cache (32 MiB; L2 is 1 MiB per core), so the
+/// eviction reaches every level.
 const EVICT_BYTES: usize = 64 << 20;
 
-/// Writes every cache line of `buffer`, so what ran before is out of L1/L2.
+/// Writes every cache line of `buffer`, so what ran before is out of the
+/// caches.
 fn evict_caches(buffer: &mut [u8]) {
     for line in buffer.chunks_mut(64) {
         line[0] = line[0].wrapping_add(1);
