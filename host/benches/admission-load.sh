@@ -26,30 +26,18 @@ native_pid=$!
 until curl -sf http://127.0.0.1:19090/readyz >/dev/null; do sleep 0.2; done
 sleep 1
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+. host/benches/wrk-runs.sh
 run() { # name pid url connections
-  local before after requests
+  local before
   before=$(cpu_ticks "$2")
   BODY=$body wrk -t "$(( $4 < 2 ? 1 : 2 ))" -c "$4" -d "${secs}s" --latency -s host/benches/admission-post.lua "$3" > "$work/out"
-  after=$(cpu_ticks "$2")
-  requests=$(awk '/requests in/ {print $1}' "$work/out")
-  printf '%-10s %10s %9s %9s %6.1f\n' "$1/c=$4" \
-    "$(awk '/Requests\/sec/ {print $2}' "$work/out")" \
-    "$(awk '$1=="50%" {print $2}' "$work/out")" "$(awk '$1=="99%" {print $2}' "$work/out")" \
-    "$(echo "($after - $before) * 1000000 / $(getconf CLK_TCK) / $requests" | bc -l)" | tee -a "$work/runs"
+  record "$1/c=$4" "$before" "$(cpu_ticks "$2")"
 }
-echo "server        req/s       p50       p99  server CPU us/request"
+header
 for _ in $(seq "$rounds"); do
   for c in 1 32; do
     run wasm "$wasm_pid" https://127.0.0.1:18443/validate/pod-validation "$c"
     run native "$native_pid" https://127.0.0.1:18444/validate/pod-validation "$c"
   done
 done
-echo "median of $rounds rounds (server CPU us/request; p50):"
-for name in $(awk '{print $1}' "$work/runs" | awk '!seen[$0]++'); do
-  cpu=$(awk -v n="$name" '$1==n {print $5}' "$work/runs" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
-  p50=$(awk -v n="$name" '$1==n {print $3}' "$work/runs" |
-    awk '{x=$1; if (x ~ /ms$/) {sub(/ms/,"",x); x*=1000} else sub(/us/,"",x); print x}' | sort -n |
-    awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
-  printf '  %-10s %6.1f  p50 %s us\n' "$name" "$cpu" "$p50"
-done
+summary

@@ -64,20 +64,15 @@ for port in 18080 18081 18082 ${haproxy_pid:+18083}; do
   [ "$code" = 200 ] || { echo "port $port answered $code"; exit 1; }
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+. host/benches/wrk-runs.sh
 run() { # name pid port [env for the lua script]
-  local before after requests
+  local before
   before=$(cpu_ticks "$2")
   env "${@:4}" wrk -t 2 -c 32 -d "${secs}s" --latency -s host/benches/gateway-get.lua "http://127.0.0.1:$3" > "$work/out"
-  after=$(cpu_ticks "$2")
-  requests=$(awk '/requests in/ {print $1}' "$work/out")
   if grep -q "Non-2xx" "$work/out"; then echo "$1: some answers were not 2xx"; cat "$work/out"; exit 1; fi
-  printf '%-13s %10s %8s %8s %6.1f\n' "$1" \
-    "$(awk '/Requests\/sec/ {print $2}' "$work/out")" \
-    "$(awk '$1=="50%" {print $2}' "$work/out")" "$(awk '$1=="99%" {print $2}' "$work/out")" \
-    "$(echo "($after - $before) * 1000000 / $(getconf CLK_TCK) / $requests" | bc -l)" | tee -a "$work/runs"
+  record "$1" "$before" "$(cpu_ticks "$2")"
 }
-echo "scenario           req/s      p50      p99  CPU us/request"
+header
 for _ in $(seq "$rounds"); do
   run direct "$upstream_pid" 18080 DUMMY=1
   run pass "$pass_pid" 18081 DUMMY=1
@@ -88,8 +83,4 @@ for _ in $(seq "$rounds"); do
     run haproxy-fresh "$haproxy_pid" 18083 "TOKENS=$work/tokens"
   fi
 done
-echo "median of $rounds rounds, CPU us/request:"
-for name in $(awk '{print $1}' "$work/runs" | awk '!seen[$0]++'); do
-  awk -v n="$name" '$1==n {print $5}' "$work/runs" | sort -n |
-    awk -v n="$name" '{v[NR]=$1} END {printf "  %-13s %6.1f  (%s runs, %.1f to %.1f)\n", n, v[int((NR+1)/2)], NR, v[1], v[NR]}'
-done
+summary
