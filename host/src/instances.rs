@@ -91,7 +91,7 @@ impl Instances {
     }
 
     /// Idle instances kept now.
-    fn idle(&self) -> usize {
+    pub(crate) fn idle(&self) -> usize {
         self.idle.lock().map_or(0, |idle| idle.len())
     }
 

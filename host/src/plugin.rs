@@ -48,6 +48,13 @@ pub struct Plugin {
     pub(crate) runtime: Arc<Runtime>,
 }
 
+impl Plugin {
+    /// Warm instances this plugin keeps between calls now.
+    pub fn idle_instances(&self) -> usize {
+        self.instances.idle()
+    }
+}
+
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")

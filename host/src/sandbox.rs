@@ -75,9 +75,10 @@ impl Sandbox {
     }
 
     /// True when a captured stream is at least half full, so that a further
-    /// call's output might be cut.
+    /// call's output might be cut. Reads what [`forward_output`] recorded, so
+    /// call it after that: reading a pipe copies its whole buffer.
     pub(crate) fn output_filling(&self) -> bool {
-        [&self.stdout, &self.stderr].iter().any(|pipe| pipe.contents().len() > OUTPUT_CAPACITY / 2)
+        self.forwarded.iter().any(|&held| held > OUTPUT_CAPACITY / 2)
     }
 
     /// The memory limiter, for `Store::limiter`.

@@ -364,6 +364,27 @@ fn a_trap_fails_one_call_and_the_next_call_gets_a_fresh_instance() {
 }
 
 #[test]
+fn an_instance_is_replaced_once_its_captured_output_is_half_full() {
+    // Each call prints 18 bytes to stdout and 18 to stderr. An instance is
+    // kept until a stream holds more than half of its 64 KiB: 1,820 calls.
+    let plugin = load_with(guests::MISBEHAVE, json!({"validate": "print"})).expect("loads");
+    let review = namespace_review("CREATE", "x", "alice", &[]);
+    let mut calls = 0;
+    loop {
+        assert!(decide(&plugin, &review).unwrap().allowed);
+        calls += 1;
+        if plugin.idle_instances() == 0 {
+            break;
+        }
+        assert!(calls < 5_000, "the instance was never replaced");
+    }
+    assert_eq!(calls, (32 << 10) / 18 + 1);
+    // The next call gets a new instance, which is kept.
+    assert!(decide(&plugin, &review).unwrap().allowed);
+    assert_eq!(plugin.idle_instances(), 1);
+}
+
+#[test]
 fn a_guest_gets_no_files_environment_or_arguments() {
     let plugin = load_with(guests::MISBEHAVE, json!({"validate": "open-file"})).expect("loads");
     let verdict = decide(&plugin, &namespace_review("CREATE", "x", "alice", &[])).unwrap();
