@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Bencher, Criterion, criterion_group, criterion_main};
 use tollgate::admission;
 use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::loader::{Loader, Settings};
@@ -47,10 +47,14 @@ fn compile(c: &mut Criterion) {
     group.finish();
 }
 
+/// A reference plugin with the settings it ships with.
 fn load(loader: &Loader, guest: &str, plugin: &str) -> tollgate::plugin::Plugin {
-    let bytes = std::fs::read(guest).expect("guest built");
     let file = format!("../plugins/{plugin}/{plugin}.settings.json");
-    let settings = Settings::from_file(Path::new(&file)).expect("shipped settings");
+    load_with(loader, guest, Settings::from_file(Path::new(&file)).expect("shipped settings"))
+}
+
+fn load_with(loader: &Loader, guest: &str, settings: Settings) -> tollgate::plugin::Plugin {
+    let bytes = std::fs::read(guest).expect("guest built");
     loader.load_bytes(Path::new(guest), &bytes, settings).expect("loads")
 }
 
@@ -65,6 +69,11 @@ fn evict_caches(buffer: &mut [u8]) {
         line[0] = line[0].wrapping_add(1);
     }
     black_box(buffer);
+}
+
+/// Times `f`, evicting the caches before each run (not timed).
+fn cold<R>(b: &mut Bencher, evict: &mut [u8], mut f: impl FnMut() -> R) {
+    b.iter_batched(|| evict_caches(evict), |()| f(), BatchSize::PerIteration);
 }
 
 fn request(review: &str) -> tollgate::contract::types::AdmissionRequest {
@@ -100,10 +109,9 @@ fn admission_call(c: &mut Criterion) {
     // What a call costs before the plugin does any work: a plugin that
     // allows without reading the request (handing the request over and
     // the verdict back).
-    let bytes = std::fs::read(guests::MISBEHAVE).expect("guest built");
     let settings =
         Settings::from_text(r#"{"validate": "ok"}"#, Path::new("misbehave.settings.json")).expect("settings");
-    let trivial = loader.load_bytes(Path::new(guests::MISBEHAVE), &bytes, settings).expect("loads");
+    let trivial = load_with(&loader, guests::MISBEHAVE, settings);
     group.bench_function("wasm: warm instance + a validate that reads nothing", |b| {
         b.iter(|| rt.block_on(trivial.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
     });
@@ -112,26 +120,12 @@ fn admission_call(c: &mut Criterion) {
     // run each call after evicting them (the eviction is not timed).
     let mut evict = vec![0u8; EVICT_BYTES];
     group.bench_function("wasm, caches evicted: warm instance + validate", |b| {
-        b.iter_batched(
-            || evict_caches(&mut evict),
-            |()| rt.block_on(pod.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"),
-            BatchSize::PerIteration,
-        )
+        cold(b, &mut evict, || rt.block_on(pod.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
     });
     group.bench_function("wasm, caches evicted: warm instance + a validate that reads nothing", |b| {
-        b.iter_batched(
-            || evict_caches(&mut evict),
-            |()| rt.block_on(trivial.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"),
-            BatchSize::PerIteration,
-        )
+        cold(b, &mut evict, || rt.block_on(trivial.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
     });
-    group.bench_function("native, caches evicted", |b| {
-        b.iter_batched(
-            || evict_caches(&mut evict),
-            |()| native.decide(black_box(&pod_request)),
-            BatchSize::PerIteration,
-        )
-    });
+    group.bench_function("native, caches evicted", |b| cold(b, &mut evict, || native.decide(black_box(&pod_request))));
     group.finish();
 
     let ns = load(&loader, guests::NAMESPACE_VALIDATION, "namespace-validation");
@@ -178,7 +172,7 @@ fn jwt(c: &mut Criterion) {
                 verifier
             },
             |verifier| verifier.verify(black_box(&second), &policy).expect("verifies"),
-            criterion::BatchSize::SmallInput,
+            BatchSize::SmallInput,
         )
     });
     group.finish();
