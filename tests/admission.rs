@@ -329,6 +329,12 @@ async fn pod_validation_follows_every_rule() {
         ("valid: empty username", pod("CREATE", "team-a", json!([])).by("", &[]), Deny(400)),
         ("valid: another kind", Review { kind: "Deployment", ..pod("CREATE", "team-a", json!([])) }, Deny(400)),
         (
+            // The host passes objects on unread; the plugin refuses what is not a Pod.
+            "valid: metadata that is not ObjectMeta",
+            pod("CREATE", "team-a", json!([])).object(json!({"apiVersion": "v1", "kind": "Pod", "metadata": 5})),
+            Deny(400),
+        ),
+        (
             "3: customer pod tolerating infra NoSchedule",
             pod("CREATE", "team-a", toleration(infra, "NoSchedule")),
             Deny(403),
@@ -466,6 +472,19 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
             ),
             400,
             "expected kind AdmissionReview apiVersion admission.k8s.io/v1",
+        ),
+        (
+            "object not a JSON object",
+            json_post(
+                serde_json::to_vec(&{
+                    let mut v = pod("CREATE", "team-a", json!([])).json("u");
+                    v["request"]["object"] = json!("a pod");
+                    v
+                })
+                .unwrap(),
+            ),
+            400,
+            "not a JSON object",
         ),
         (
             "no request",
