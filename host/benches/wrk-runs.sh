@@ -34,3 +34,17 @@ summary() {
     printf '  %-13s %s  p50 %s us\n' "$name" "$cpu" "$p50"
   done
 }
+
+# gaps A B: for each concurrency, the CPU per request of A minus B's in the
+# same round (runs of one round are seconds apart, so the other tenants of
+# a shared machine weigh on both alike), and the median of those gaps.
+gaps() {
+  echo "$1 minus $2, server CPU us/request, per round (median)"
+  local c diffs
+  for c in $(awk -v a="$1/" 'index($1, a) == 1 {sub(/.*\//, "", $1); print $1}' "$work/runs" | awk '!seen[$0]++'); do
+    diffs=$(paste <(awk -v n="$1/$c" '$1==n {print $5}' "$work/runs") <(awk -v n="$2/$c" '$1==n {print $5}' "$work/runs") |
+      awk '{printf "%.1f\n", $1 - $2}')
+    printf '  %-6s %s  (median %s)\n' "$c" "$(echo $diffs)" \
+      "$(echo "$diffs" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')"
+  done
+}
