@@ -11,14 +11,84 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
-/// Just what the rules read of a Pod. serde skips the rest without building
-/// it, and the strings borrow from the JSON text where it has no escapes, so
-/// reading a pod allocates almost nothing (allocation was a quarter of the
-/// plugin's time in Wasm).
+/// pod-validation's rules, shared by the plugin and the native baseline the
+/// benchmarks compare it with, so both decide by the same code.
+///
+/// The pod is read into just what the rules need. serde skips the rest
+/// without building it, and the strings borrow from the JSON text where it
+/// has no escapes, so reading a pod allocates almost nothing (allocation was
+/// a quarter of the plugin's time in Wasm).
 pub mod pod {
     use std::borrow::Cow;
 
     use serde::Deserialize;
+
+    use crate::{Decision, Patterns};
+
+    /// `pod-validation.settings.json`.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Settings {
+        /// Platform namespaces (regular expressions).
+        pub protected_namespaces: Patterns,
+        /// A protected namespace containing any of these is a customer one.
+        pub customer_namespace_substrings: Vec<String>,
+        /// Toleration keys customer pods may not have...
+        pub blocked_toleration_keys: Vec<String>,
+        /// ...with these effects.
+        pub blocked_effects: Vec<String>,
+    }
+
+    /// What the rules read of an admission request.
+    pub struct Request<'r> {
+        /// `userInfo.username`.
+        pub username: &'r str,
+        /// `kind.kind`.
+        pub kind: &'r str,
+        /// `namespace`.
+        pub namespace: Option<&'r str>,
+        /// `object`, JSON text.
+        pub object: Option<&'r str>,
+        /// `oldObject`, JSON text.
+        pub old_object: Option<&'r str>,
+    }
+
+    /// Rules 1-4 of OpenShift's pod webhook: pods outside platform
+    /// namespaces may not tolerate the infra and control-plane taints.
+    pub fn decide(s: &Settings, req: &Request) -> Decision {
+        if req.username.is_empty() {
+            return Decision::invalid("request has no username");
+        }
+        if req.kind != "Pod" {
+            return Decision::invalid(format!("pod-validation handles Pod, not {:?}", req.kind));
+        }
+        // 1. The current pod (old for UPDATE/DELETE) and its namespace.
+        let pod: Pod = match req.old_object.or(req.object).map(serde_json::from_str) {
+            Some(Ok(pod)) => pod,
+            Some(Err(e)) => return Decision::invalid(format!("pod is not a valid object: {e}")),
+            None => return Decision::invalid("request carries no pod"),
+        };
+        let namespace: &str =
+            if pod.metadata.namespace.is_empty() { req.namespace.unwrap_or_default() } else { &pod.metadata.namespace };
+        // 2. Privileged: protected, and not one of the customer exceptions.
+        let privileged = s.protected_namespaces.matches(namespace)
+            && !s.customer_namespace_substrings.iter().any(|sub| namespace.contains(sub.as_str()));
+        if privileged {
+            return Decision::allow();
+        }
+        // 3. Customer pods may not tolerate the blocked taints.
+        let blocked = pod.spec.tolerations.iter().find(|t| {
+            s.blocked_toleration_keys.iter().any(|k| *k == t.key) && s.blocked_effects.iter().any(|e| *e == t.effect)
+        });
+        if let Some(t) = blocked {
+            return Decision::deny(format!(
+                "Not allowed to schedule a pod with {} {} toleration on an infra or control-plane node",
+                t.effect, t.key
+            ));
+        }
+        // 4.
+        Decision::allow()
+    }
 
     /// A Pod's namespace and tolerations.
     #[derive(Deserialize)]
@@ -293,6 +363,32 @@ mod tests {
         assert_eq!(pod.spec.tolerations[0].effect, "NoSchedule");
         let bare: pod::Pod = serde_json::from_str("{}").unwrap();
         assert!(bare.metadata.namespace.is_empty() && bare.spec.tolerations.is_empty());
+    }
+
+    #[test]
+    fn pod_rules() {
+        let settings: pod::Settings = serde_json::from_str(
+            r#"{"protectedNamespaces": ["^openshift-.*"], "customerNamespaceSubstrings": ["-customer"],
+                "blockedTolerationKeys": ["node-role.kubernetes.io/infra"], "blockedEffects": ["NoSchedule"]}"#,
+        )
+        .unwrap();
+        let pod = |namespace: &str, effect: &str| {
+            format!(
+                r#"{{"metadata": {{"namespace": "{namespace}"}}, "spec": {{"tolerations":
+                    [{{"key": "node-role.kubernetes.io/infra", "effect": "{effect}"}}]}}}}"#
+            )
+        };
+        let decide = |username: &str, object: &str| {
+            let req = pod::Request { username, kind: "Pod", namespace: None, object: Some(object), old_object: None };
+            let d = pod::decide(&settings, &req);
+            (d.allowed, d.code)
+        };
+        assert_eq!(decide("alice", &pod("team-a", "NoSchedule")), (false, Some(403)));
+        assert_eq!(decide("alice", &pod("team-a", "NoExecute")), (true, None));
+        assert_eq!(decide("alice", &pod("openshift-monitoring", "NoSchedule")), (true, None));
+        assert_eq!(decide("alice", &pod("openshift-customer", "NoSchedule")), (false, Some(403)));
+        assert_eq!(decide("", &pod("team-a", "NoExecute")), (false, Some(400)));
+        assert_eq!(decide("alice", r#"{"metadata": 5}"#), (false, Some(400)));
     }
 
     #[test]

@@ -3,9 +3,8 @@
 //! those nodes (OpenShift's managed pod webhook). The user is not
 //! considered; DELETE inspects the old pod too, as the reference does.
 
-use openshift_rules::pod::Pod;
-use openshift_rules::{Decision, Patterns};
-use serde::Deserialize;
+use openshift_rules::Decision;
+use openshift_rules::pod::{self, Settings};
 
 wit_bindgen::generate!({ path: "../../wit", world: "admission-plugin" });
 
@@ -15,58 +14,19 @@ use tollgate::plugin::types::{
     Verdict, Webhook,
 };
 
-/// `pod-validation.settings.json`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Settings {
-    /// Platform namespaces (regular expressions).
-    protected_namespaces: Patterns,
-    /// A protected namespace containing any of these is a customer one.
-    customer_namespace_substrings: Vec<String>,
-    /// Toleration keys customer pods may not have...
-    blocked_toleration_keys: Vec<String>,
-    /// ...with these effects.
-    blocked_effects: Vec<String>,
-}
-
-/// Just the tolerations of a pod spec.
+/// The rules live in `openshift_rules::pod`, shared with the native
+/// baseline of the benchmarks.
 fn decide(s: &Settings, req: &AdmissionRequest) -> Decision {
-    if req.user_info.username.is_empty() {
-        return Decision::invalid("request has no username");
-    }
-    if req.kind.kind != "Pod" {
-        return Decision::invalid(format!("pod-validation handles Pod, not {:?}", req.kind.kind));
-    }
-    // 1. The current pod (old for UPDATE/DELETE) and its namespace.
-    let json = req.old_object.as_deref().or(req.object.as_deref());
-    let pod: Pod = match json.map(serde_json::from_str) {
-        Some(Ok(pod)) => pod,
-        Some(Err(e)) => return Decision::invalid(format!("pod is not a valid object: {e}")),
-        None => return Decision::invalid("request carries no pod"),
-    };
-    let namespace: &str = if pod.metadata.namespace.is_empty() {
-        req.namespace.as_deref().unwrap_or_default()
-    } else {
-        &pod.metadata.namespace
-    };
-    // 2. Privileged: protected, and not one of the customer exceptions.
-    let privileged = s.protected_namespaces.matches(namespace)
-        && !s.customer_namespace_substrings.iter().any(|sub| namespace.contains(sub.as_str()));
-    if privileged {
-        return Decision::allow();
-    }
-    // 3. Customer pods may not tolerate the blocked taints.
-    let blocked = pod.spec.tolerations.iter().find(|t| {
-        s.blocked_toleration_keys.iter().any(|k| *k == t.key) && s.blocked_effects.iter().any(|e| *e == t.effect)
-    });
-    if let Some(t) = blocked {
-        return Decision::deny(format!(
-            "Not allowed to schedule a pod with {} {} toleration on an infra or control-plane node",
-            t.effect, t.key
-        ));
-    }
-    // 4.
-    Decision::allow()
+    pod::decide(
+        s,
+        &pod::Request {
+            username: &req.user_info.username,
+            kind: &req.kind.kind,
+            namespace: req.namespace.as_deref(),
+            object: req.object.as_deref(),
+            old_object: req.old_object.as_deref(),
+        },
+    )
 }
 
 fn metadata() -> AdmissionMetadata {
