@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use support::{Server, client, client_identity, guests, install, install_reference, plain, post_review};
+use support::{Server, client, client_identity, guests, install, install_reference, logged, plain, post_review};
 
 /// An AdmissionReview as the API server sends it.
 #[derive(Clone)]
@@ -418,6 +418,34 @@ async fn uid_dry_run_and_warnings_reach_the_api_server() {
     let answer: Value = post_review(&http, &server.url("/validate/misbehave-ignore"), &review.json("uid-2")).await;
     assert_eq!(answer["response"]["allowed"], true);
     assert_eq!(answer["response"]["warnings"], json!(["careful: this is a test warning"]));
+}
+
+#[tokio::test]
+async fn what_a_plugin_prints_reaches_the_log_under_its_name_and_never_fails_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "print", guests::MISBEHAVE, Some(r#"{"validate": "print"}"#));
+    install(dir.path(), "flood", guests::MISBEHAVE_IGNORE, Some(r#"{"validate": "flood"}"#));
+    let server = Server::start(dir.path(), &[]);
+    let http = client(&server.ca(), None);
+    let review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a").by("carol", &[]);
+
+    for uid in ["p1", "p2"] {
+        let answer = post_review(&http, &server.url("/validate/misbehave"), &review.json(uid)).await;
+        assert_eq!(answer["response"]["status"]["message"], "printed");
+    }
+    logged(&server, &["hello from stdout", "misbehave", "stdout"]).await;
+    logged(&server, &["hello from stderr", "misbehave", "stderr"]).await;
+
+    // 200 KiB in one call: cut at 64 KiB with a warning, and still answered
+    // by the plugin (allowed, "flooded"), not by its failure policy.
+    let answer = post_review(&http, &server.url("/validate/misbehave-ignore"), &review.json("f1")).await;
+    assert_eq!(answer["response"]["status"]["message"], "flooded", "{answer}");
+    assert_eq!(answer["response"]["warnings"], Value::Null, "{answer}");
+    logged(&server, &["misbehave-ignore", "more than 64 KiB in one call"]).await;
+    // The log is one stream: every line before the warning has been read.
+    let lines = |text: &str| server.log.lock().unwrap().iter().filter(|l| l.contains(text)).count();
+    assert_eq!(lines("hello from stdout"), 2, "one line per call, each logged once");
+    assert_eq!(lines("flood line"), (64 << 10) / 64, "64-byte lines up to the cap");
 }
 
 #[tokio::test]

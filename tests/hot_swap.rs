@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Server, client, configmap_review, guests};
+use support::{Server, client, configmap_review, guests, logged};
 
 const ALLOW: &str = r#"{"validate": "echo"}"#;
 const DENY: &str = r#"{"validate": "fail"}"#;
@@ -41,18 +41,6 @@ async fn eventually(http: &reqwest::Client, server: &Server, path: &str, want: O
             return;
         }
         assert!(Instant::now() < give_up, "{path} still answers {got:?}, expected {want:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Polls the log until a line contains every one of `words`.
-async fn logged(server: &Server, words: &[&str]) {
-    let give_up = Instant::now() + Duration::from_secs(60);
-    loop {
-        if server.log.lock().unwrap().iter().any(|l| words.iter().all(|w| l.contains(w))) {
-            return;
-        }
-        assert!(Instant::now() < give_up, "never logged {words:?}: {:#?}", server.log.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

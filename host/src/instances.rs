@@ -9,9 +9,9 @@
 //! dropped rather than kept when its call failed in any way (a trapped
 //! instance cannot be called again; one stopped at its deadline or memory cap
 //! is in an unknown state), after [`EngineOptions::calls_per_instance`]
-//! calls, when its memory grew past [`RETIRE_GROWTH`] over its start, or when
-//! its captured output is filling up. Plugins without a configured snapshot
-//! are configured on every call, so they always get a fresh instance.
+//! calls, or when its memory grew past [`RETIRE_GROWTH`] over its start.
+//! Plugins without a configured snapshot are configured on every call, so
+//! they always get a fresh instance.
 //!
 //! [`EngineOptions::calls_per_instance`]: crate::engine::EngineOptions::calls_per_instance
 
@@ -116,10 +116,10 @@ impl Instances {
             Some(warm) => warm,
             None => self.make(plugin, deadline).await?,
         };
-        sandbox::arm_deadline(&mut warm.store, deadline);
+        sandbox::begin_call(&mut warm.store, deadline);
         let result = f(&mut warm.store, &warm.guest).await;
         let result = result.map_err(|e| sandbox::classify(e, deadline, max_memory, &warm.store));
-        sandbox::forward_output(plugin, &mut warm.store);
+        sandbox::end_call(&warm.store);
         if result.is_ok() {
             warm.calls += 1;
             self.keep(warm);
@@ -130,15 +130,15 @@ impl Instances {
     /// A new instance, made under `deadline`.
     async fn make(&self, plugin: &str, deadline: Duration) -> Result<Warm, CallError> {
         let max_memory = self.runtime.options().max_memory_bytes;
-        let mut store = sandbox::new_store(&self.runtime);
-        sandbox::arm_deadline(&mut store, deadline);
+        let mut store = sandbox::new_store(&self.runtime, plugin);
+        sandbox::begin_call(&mut store, deadline);
         let made = match self.pre.instantiate_async(&mut store).await {
             Ok(instance) => {
                 self.exports.load(&mut store, &instance).map_err(|e| CallError::Instantiate(format!("{e:#}")))
             }
             Err(error) => Err(sandbox::instantiate_error(error, max_memory)),
         };
-        sandbox::forward_output(plugin, &mut store);
+        sandbox::end_call(&store);
         let guest = made?;
         let start_memory = store.data().memory_peak();
         Ok(Warm { store, guest, calls: 0, start_memory })
@@ -153,12 +153,10 @@ impl Instances {
     }
 
     /// Keeps `warm` for the next call, unless it has served its share, grew,
-    /// is about to lose output, or there is no room; else drops it.
+    /// or there is no room; else drops it.
     fn keep(&self, warm: Warm) {
-        let sandbox = warm.store.data();
         let worn = warm.calls >= self.runtime.options().calls_per_instance
-            || sandbox.memory_peak() > warm.start_memory.saturating_add(RETIRE_GROWTH)
-            || sandbox.output_filling();
+            || warm.store.data().memory_peak() > warm.start_memory.saturating_add(RETIRE_GROWTH);
         if worn {
             return;
         }

@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod gateway;
+mod guest_output;
 pub mod instances;
 pub mod jwt;
 pub mod loader;

@@ -1,5 +1,5 @@
 //! The host side of a plugin instance: its [`Store`] data (WASI with no
-//! capabilities, captured stdout/stderr, a memory cap, the host services),
+//! capabilities, stdout/stderr sent to the log, a memory cap, the host services),
 //! the deadline every call runs under, and how a failed call is explained.
 //! [`call`] runs one call on a fresh instance (loading does this); serving
 //! reuses warm instances, see [`crate::instances`].
@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{Instance, InstancePre, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use std::sync::Arc;
@@ -16,23 +15,18 @@ use std::sync::Arc;
 use crate::contract::services;
 use crate::engine::Runtime;
 use crate::error::CallError;
+use crate::guest_output::GuestOutput;
 use crate::jwt::Verifier;
-
-/// Bytes of stdout/stderr kept per call; more is cut.
-const OUTPUT_CAPACITY: usize = 64 << 10;
 
 /// The host state of one plugin call.
 pub struct Sandbox {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: MemoryCap,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
-    /// Bytes of stdout and stderr already sent to the log: an instance that
-    /// serves several calls keeps its pipes.
-    forwarded: [usize; 2],
+    stdout: GuestOutput,
+    stderr: GuestOutput,
     verifier: Arc<Verifier>,
-    /// When the running call must stop; see [`arm_deadline`].
+    /// When the running call must stop; see [`begin_call`].
     deadline: Instant,
 }
 
@@ -43,11 +37,12 @@ impl WasiView for Sandbox {
 }
 
 impl Sandbox {
-    /// Host state for one call: WASI with no capabilities, output captured,
-    /// memory capped at `max_memory_bytes`.
-    pub(crate) fn new(max_memory_bytes: usize, verifier: Arc<Verifier>) -> Self {
-        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
-        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+    /// Host state for calls of `plugin`: WASI with no capabilities, output
+    /// logged under the plugin's name, memory capped at `max_memory_bytes`.
+    pub(crate) fn new(plugin: &str, max_memory_bytes: usize, verifier: Arc<Verifier>) -> Self {
+        let plugin: Arc<str> = plugin.into();
+        let stdout = GuestOutput::new(plugin.clone(), "stdout", false);
+        let stderr = GuestOutput::new(plugin, "stderr", true);
         // No preopens, no environment, no arguments, no sockets: the
         // defaults plus sockets switched off explicitly.
         let wasi = WasiCtxBuilder::new()
@@ -63,7 +58,6 @@ impl Sandbox {
             limits: MemoryCap { max: max_memory_bytes, peak: 0 },
             stdout,
             stderr,
-            forwarded: [0; 2],
             verifier,
             deadline: Instant::now(),
         }
@@ -72,13 +66,6 @@ impl Sandbox {
     /// Largest memory size the guest asked for so far, in bytes.
     pub(crate) fn memory_peak(&self) -> usize {
         self.limits.peak
-    }
-
-    /// True when a captured stream is at least half full, so that a further
-    /// call's output might be cut. Reads what [`forward_output`] recorded, so
-    /// call it after that: reading a pipe copies its whole buffer.
-    pub(crate) fn output_filling(&self) -> bool {
-        self.forwarded.iter().any(|&held| held > OUTPUT_CAPACITY / 2)
     }
 
     /// The memory limiter, for `Store::limiter`.
@@ -128,11 +115,11 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// A store for one plugin instance: capped memory, captured output, and the
-/// host services.
-pub(crate) fn new_store(runtime: &Runtime) -> Store<Sandbox> {
-    let mut store =
-        Store::new(runtime.engine(), Sandbox::new(runtime.options().max_memory_bytes, runtime.verifier().clone()));
+/// A store for one instance of `plugin`: capped memory, logged output, and
+/// the host services.
+pub(crate) fn new_store(runtime: &Runtime, plugin: &str) -> Store<Sandbox> {
+    let sandbox = Sandbox::new(plugin, runtime.options().max_memory_bytes, runtime.verifier().clone());
+    let mut store = Store::new(runtime.engine(), sandbox);
     store.limiter(|sandbox| &mut sandbox.limits);
     // Installed once per store: the deadline itself lives in the store's
     // data, so arming a call allocates nothing (a new callback per call
@@ -143,11 +130,22 @@ pub(crate) fn new_store(runtime: &Runtime) -> Store<Sandbox> {
     store
 }
 
-/// Gives the next call on `store` until `deadline` from now: the guest yields
-/// to the executor at every epoch tick and is interrupted once it has passed.
-pub(crate) fn arm_deadline(store: &mut Store<Sandbox>, deadline: Duration) {
-    store.data_mut().deadline = Instant::now() + deadline;
+/// Starts the next call on `store`: it has until `deadline` from now (the
+/// guest yields to the executor at every epoch tick and is interrupted once
+/// the deadline has passed), and its output starts a new per-call cap.
+pub(crate) fn begin_call(store: &mut Store<Sandbox>, deadline: Duration) {
+    let data = store.data_mut();
+    data.deadline = Instant::now() + deadline;
+    data.stdout.begin_call();
+    data.stderr.begin_call();
     store.set_epoch_deadline(1);
+}
+
+/// Ends a call on `store`: the guest's last unfinished output lines go to
+/// the log.
+pub(crate) fn end_call(store: &Store<Sandbox>) {
+    store.data().stdout.end_call();
+    store.data().stderr.end_call();
 }
 
 /// Runs `f` on a fresh instance of `pre` under `deadline`, then drops the
@@ -160,14 +158,14 @@ pub async fn call<R>(
     f: impl AsyncFnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, CallError> {
     let max_memory = runtime.options().max_memory_bytes;
-    let mut store = new_store(runtime);
+    let mut store = new_store(runtime, plugin);
     let started = Instant::now();
-    arm_deadline(&mut store, deadline);
+    begin_call(&mut store, deadline);
     let result = match pre.instantiate_async(&mut store).await {
         Ok(instance) => f(&mut store, &instance).await.map_err(|e| classify(e, deadline, max_memory, &store)),
         Err(e) => Err(instantiate_error(e, max_memory)),
     };
-    forward_output(plugin, &mut store);
+    end_call(&store);
     tracing::trace!(plugin, elapsed_us = started.elapsed().as_micros() as u64, "plugin call");
     result
 }
@@ -217,12 +215,9 @@ pub(crate) fn classify(
     }
     let trap = error.root_cause().to_string();
     // A Rust guest's panic message goes to stderr just before the trap: it
-    // is the most useful thing to show the operator.
-    // Only what this call printed: an instance may have served others.
-    let data = store.data();
-    let stderr = data.stderr.contents();
-    let fresh = stderr.get(data.forwarded[1]..).unwrap_or_default();
-    CallError::Trap { trap, guest_said: panic_message(&String::from_utf8_lossy(fresh)) }
+    // is the most useful thing to show the operator. Only what this call
+    // printed: an instance may have served others.
+    CallError::Trap { trap, guest_said: panic_message(&store.data().stderr.call_tail()) }
 }
 
 /// The guest's last words on stderr, without Rust's backtrace hint, on one
@@ -241,20 +236,6 @@ fn panic_message(stderr: &str) -> Option<String> {
 
 /// Longest guest message quoted in an error.
 const GUEST_SAID_MAX: usize = 400;
-
-/// Sends what the guest printed since the last time to the log, a line an
-/// event, under its name.
-pub(crate) fn forward_output(plugin: &str, store: &mut Store<Sandbox>) {
-    let data = store.data_mut();
-    for (i, (stream, pipe)) in [("stdout", &data.stdout), ("stderr", &data.stderr)].into_iter().enumerate() {
-        let bytes = pipe.contents();
-        let Some(new) = bytes.get(data.forwarded[i]..).filter(|new| !new.is_empty()) else { continue };
-        for line in String::from_utf8_lossy(new).lines().filter(|l| !l.is_empty()) {
-            tracing::info!(plugin, stream, "{line}");
-        }
-        data.forwarded[i] = bytes.len();
-    }
-}
 
 #[cfg(test)]
 mod tests {

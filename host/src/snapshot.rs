@@ -88,12 +88,12 @@ impl Snapshotter {
         let (context, instrumented) = wizer.instrument_component(component).map_err(unsupported)?;
         let instrumented = Component::new(&self.engine, &instrumented).map_err(unsupported)?;
 
-        let mut store = Store::new(&self.engine, Sandbox::new(self.max_memory_bytes, Default::default()));
+        let mut store = Store::new(&self.engine, Sandbox::new(plugin, self.max_memory_bytes, Default::default()));
         store.limiter(|sandbox| sandbox.limits());
         store.set_epoch_deadline(crate::engine::Runtime::deadline_ticks(deadline));
         store.epoch_deadline_trap();
         let configured = self.call_configure(&mut store, &instrumented, interface, settings).await;
-        sandbox::forward_output(plugin, &mut store);
+        sandbox::end_call(&store);
         let instance = match configured {
             Ok((instance, Ok(()))) => instance,
             Ok((_, Err(message))) => return Err(SnapshotError::Refused(message)),

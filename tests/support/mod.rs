@@ -276,3 +276,15 @@ pub fn client(ca_pem: &[u8], identity: Option<(&str, &str)>) -> reqwest::Client 
         .build()
         .expect("client")
 }
+
+/// Polls the server's log until a line contains every one of `words`.
+pub async fn logged(server: &Server, words: &[&str]) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if server.log.lock().unwrap().iter().any(|l| words.iter().all(|w| l.contains(w))) {
+            return;
+        }
+        assert!(std::time::Instant::now() < give_up, "never logged {words:?}: {:#?}", server.log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

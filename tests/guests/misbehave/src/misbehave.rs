@@ -5,7 +5,7 @@
 //
 // Settings: `{"configure": ACTION, "validate": ACTION}` where ACTION is one of
 // `ok` (default), `fail`, `panic`, `loop`, `alloc`, `open-file`, `env`,
-// `print`; `validate` also takes `echo` (describe the request), `warn`
+// `print`, `flood` (print 200 KiB); `validate` also takes `echo` (describe the request), `warn`
 // (allow with a warning) and `count` (allow, saying how many calls this
 // instance has answered: shows whether the host reused the instance; an
 // object named "panic" makes it panic, one named "grow" makes it use 4 MiB
@@ -73,6 +73,13 @@ fn act(action: &str) -> Result<String, String> {
             println!("hello from stdout");
             eprintln!("hello from stderr");
             Ok("printed".into())
+        }
+        "flood" => {
+            for i in 0..4_000 {
+                // 64 bytes a line with the newline.
+                println!("flood line {i:05} {}", ".".repeat(46));
+            }
+            Ok("flooded".into())
         }
         other => Err(format!("unknown action {other:?}")),
     }
