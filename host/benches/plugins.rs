@@ -123,6 +123,14 @@ fn admission_call(c: &mut Criterion) {
     group.bench_function("wasm: warm instance + a validate that reads nothing", |b| {
         b.iter(|| rt.block_on(trivial.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
     });
+    // A plugin that prints a line to stdout and one to stderr on every call
+    // (log events are not written: no subscriber is installed).
+    let settings =
+        Settings::from_text(r#"{"validate": "print"}"#, Path::new("misbehave.settings.json")).expect("settings");
+    let chatty = load_with(&loader, guests::MISBEHAVE, settings);
+    group.bench_function("wasm: warm instance + a validate that prints two lines", |b| {
+        b.iter(|| rt.block_on(chatty.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
+    });
     // In a server, the rest of the request (TLS, HTTP, parsing) pushes the
     // plugin's code and memory out of the CPU caches between calls; these
     // run each call after evicting them (the eviction is not timed).
