@@ -58,6 +58,13 @@ fn load_with(loader: &Loader, guest: &str, settings: Settings) -> tollgate::plug
     loader.load_bytes(Path::new(guest), &bytes, settings).expect("loads")
 }
 
+/// The `misbehave` test guest doing `action` on every `validate`.
+fn misbehave(loader: &Loader, action: &str) -> tollgate::plugin::Plugin {
+    let text = serde_json::json!({ "validate": action }).to_string();
+    let settings = Settings::from_text(&text, Path::new("misbehave.settings.json")).expect("settings");
+    load_with(loader, guests::MISBEHAVE, settings)
+}
+
 /// Twice this machine's L3 cache (32 MiB; L2 is 1 MiB per core), so the
 /// eviction reaches every level.
 const EVICT_BYTES: usize = 64 << 20;
@@ -117,17 +124,13 @@ fn admission_call(c: &mut Criterion) {
     // What a call costs before the plugin does any work: a plugin that
     // allows without reading the request (handing the request over and
     // the verdict back).
-    let settings =
-        Settings::from_text(r#"{"validate": "ok"}"#, Path::new("misbehave.settings.json")).expect("settings");
-    let trivial = load_with(&loader, guests::MISBEHAVE, settings);
+    let trivial = misbehave(&loader, "ok");
     group.bench_function("wasm: warm instance + a validate that reads nothing", |b| {
         b.iter(|| rt.block_on(trivial.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
     });
     // A plugin that prints a line to stdout and one to stderr on every call
     // (log events are not written: no subscriber is installed).
-    let settings =
-        Settings::from_text(r#"{"validate": "print"}"#, Path::new("misbehave.settings.json")).expect("settings");
-    let chatty = load_with(&loader, guests::MISBEHAVE, settings);
+    let chatty = misbehave(&loader, "print");
     group.bench_function("wasm: warm instance + a validate that prints two lines", |b| {
         b.iter(|| rt.block_on(chatty.validate_async(black_box(&pod_request), DEADLINE)).expect("answers"))
     });
