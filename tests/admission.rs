@@ -781,3 +781,40 @@ async fn certificate_files_replaced_on_disk_serve_on_the_next_connection() {
     let still = client(second.ca_pem.as_bytes(), None);
     assert_eq!(still.post(&url).json(&review).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn a_second_server_on_a_taken_address_stops_before_replacing_the_ca_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    install_reference(dir.path(), "pod-validation", guests::POD_VALIDATION);
+    let server = Server::start(dir.path(), &[]);
+    let ca = server.ca();
+    let gateway = server.gateway.expect("gateway listening");
+    let free = "127.0.0.1:0".to_string();
+    // Each start clashes on one address only, so each listener's bind is
+    // checked before the CA bundle is written.
+    for (flag, clash) in
+        [("--admission-addr", server.admission), ("--gateway-addr", gateway), ("--metrics-addr", server.metrics)]
+    {
+        let addr = |name: &str| if name == flag { clash.to_string() } else { free.clone() };
+        let scratch = tempfile::tempdir().unwrap();
+        let second = std::process::Command::new(support::TOLLGATE)
+            .args(["serve", "--plugins", dir.path().to_str().unwrap()])
+            .args(["--admission-addr", &addr("--admission-addr")])
+            .args(["--gateway-addr", &addr("--gateway-addr")])
+            .args(["--metrics-addr", &addr("--metrics-addr")])
+            .arg("--ca-out")
+            .arg(&server.ca_file)
+            .arg("--cache-dir")
+            .arg(scratch.path())
+            .output()
+            .expect("run a second tollgate serve");
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(!second.status.success(), "{flag}: the second server must not start");
+        assert!(stderr.contains(&format!("cannot listen on {clash}")), "{flag}: {stderr}");
+        assert_eq!(server.ca(), ca, "{flag}: the running server's CA bundle was replaced");
+    }
+    let review = pod("CREATE", "team-a", json!([])).json("still-trusted");
+    let http = client(&ca, None);
+    let response = http.post(server.url("/validate/pod-validation")).json(&review).send().await.unwrap();
+    assert_eq!(response.status(), 200, "the running server is still trusted with its CA bundle");
+}

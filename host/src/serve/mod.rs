@@ -112,6 +112,23 @@ pub enum ServeError {
 
 /// Runs the servers until `stop` completes, then drains them.
 pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = ()>) -> Result<(), ServeError> {
+    // Every address is taken before anything is written or registered. A
+    // second server started by mistake on the same addresses stops here;
+    // later it would already have replaced the running server's CA bundle
+    // and, with --sync-webhooks, rewritten the cluster's webhook configuration.
+    let admission_listener = bind(options.admission_addr).await?;
+    let gateway_loops = match &options.gateway {
+        Some(gateway) => Some(
+            EventLoops::bind(gateway.addr, gateway.threads.max(1))
+                .map_err(|source| ServeError::Bind { addr: gateway.addr, source })?,
+        ),
+        None => None,
+    };
+    let metrics_listener = match options.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+
     let runtime = Arc::new(Runtime::new(options.engine.clone())?);
     let state = Arc::new(HostState::new(options.engine.max_instances as usize));
     let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&options.tls)?);
@@ -147,7 +164,6 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
 
     // Admission stays on the shared runtime: on event loops of its own it
     // measured the same CPU per request and a worse tail (BENCHMARKS.md).
-    let admission_listener = bind(options.admission_addr).await?;
     tracing::info!(addr = %local(&admission_listener), "admission webhook listening (HTTPS)");
     let admission_state = state.clone();
     servers.spawn(listener::serve(
@@ -158,11 +174,9 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         shutdown_rx.clone(),
     ));
 
-    if let Some((options, gateways)) = gateway {
+    if let (Some((options, gateways)), Some(loops)) = (gateway, gateway_loops) {
         let scheme = if options.tls { "HTTPS" } else { "HTTP" };
         let gateway_tls = options.tls.then(|| tls.clone());
-        let loops = EventLoops::bind(options.addr, gateways.len())
-            .map_err(|source| ServeError::Bind { addr: options.addr, source })?;
         let addr = loops.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
         tracing::info!(%addr, threads = loops.len(), "gateway listening ({scheme})");
         let drained = loops
@@ -187,8 +201,7 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         }
     }
 
-    if let Some(addr) = options.metrics_addr {
-        let metrics_listener = bind(addr).await?;
+    if let Some(metrics_listener) = metrics_listener {
         tracing::info!(addr = %local(&metrics_listener), "metrics listening (HTTP)");
         let metrics_state = state.clone();
         servers.spawn(listener::serve(
