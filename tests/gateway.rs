@@ -674,6 +674,49 @@ async fn upstream_failures_routing_and_streaming() {
     drop(silent);
 }
 
+/// Sends `request` as raw bytes to the gateway (clients build well-formed
+/// requests only) and returns the status line and the body.
+async fn raw_request(server: &Server, request: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.gateway.expect("gateway listening")).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.lines().next().unwrap_or_default().to_string();
+    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_request_whose_host_is_ambiguous_is_refused_before_routing() {
+    let upstream = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    install_pass_route(dir.path(), &upstream.url());
+    let server = Server::start(dir.path(), &[]);
+
+    let two = "GET /a HTTP/1.1\r\nHost: api.example\r\nHost: admin.example\r\nConnection: close\r\n\r\n";
+    let (status, body) = raw_request(&server, two).await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body, json!({"error": "bad_host", "reason": "the request has more than one Host header"}));
+
+    let none = "GET /b HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let (status, body) = raw_request(&server, none).await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    assert!(body.contains("an HTTP/1.1 request needs a Host header"), "{body}");
+    assert!(upstream.seen().is_empty(), "refused requests must not reach the upstream");
+
+    // HTTP/1.0 has no Host requirement; an absolute URI names the host itself.
+    let (status, _) = raw_request(&server, "GET /c HTTP/1.0\r\n\r\n").await;
+    assert!(status.starts_with("HTTP/1.0 200"), "{status}");
+    let absolute = "GET http://api.example/d HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let (status, _) = raw_request(&server, absolute).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let paths: Vec<String> = upstream.seen().into_iter().map(|seen| seen.path).collect();
+    assert_eq!(paths, ["/c", "/d"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_allowlist_guards_admission_and_gateway_creation() {
     let upstream = Upstream::start("airbyte").await;

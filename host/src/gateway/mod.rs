@@ -4,7 +4,8 @@
 //! answered by the route directly.
 //!
 //! Order, for one request:
-//! 1. no route matches → 404;
+//! 1. the host is ambiguous (two `Host` headers, HTTP/1.1 without one) → 400;
+//!    no route matches → 404;
 //! 2. allowlists on the client address (they need nothing else) → 403 on deny;
 //! 3. the route plugin decides: respond (sent as is) or forward;
 //! 4. on forward, the other allowlists (e-mail, names), with the identity
@@ -21,8 +22,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{Method, Request, Response};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
@@ -69,6 +70,10 @@ impl Gateway {
 
     /// The response, and the route name for metrics.
     async fn answer(&self, req: Request<Incoming>, conn: &Connection) -> (String, Response<Body>) {
+        // 1. The host routes match on, then the route.
+        if let Some(reason) = host_error(&req) {
+            return ("none".into(), json_response(400, "bad_host", reason));
+        }
         let registry = self.state.registry();
         let head = request_head(&req, conn, self.scheme);
         let host = host_of(&head.authority);
@@ -234,6 +239,21 @@ fn inspects_body(plugin: &Plugin) -> bool {
 fn has_body(req: &Request<Incoming>) -> bool {
     matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
         && req.headers().get(CONTENT_LENGTH).is_none_or(|v| v != "0")
+}
+
+/// Why the host a request is for is ambiguous, if it is (RFC 9112, 3.2):
+/// two `Host` headers, or an HTTP/1.1 request with neither `Host` nor an
+/// absolute URI. Routes match on the host, so such a request is refused
+/// rather than routed by one reading of it.
+fn host_error(req: &Request<Incoming>) -> Option<&'static str> {
+    let hosts = req.headers().get_all(HOST).iter().count();
+    if hosts > 1 {
+        return Some("the request has more than one Host header");
+    }
+    if hosts == 0 && req.version() == Version::HTTP_11 && req.uri().authority().is_none() {
+        return Some("an HTTP/1.1 request needs a Host header");
+    }
+    None
 }
 
 /// The request head plugins see: the request as the client sent it.
