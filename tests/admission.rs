@@ -549,6 +549,39 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
     }
 }
 
+#[tokio::test]
+async fn a_refused_upload_is_read_before_the_answer_so_http2_clients_see_it() {
+    let (_dir, server) = openshift_server();
+    let http = client(&server.ca(), None);
+    // 45 chunks of 64 KiB (2.8 MiB, under the cap): more than HTTP/2's flow
+    // control lets a client send before the server reads. Answering without
+    // reading ends the stream mid-upload (RST_STREAM NO_ERROR), which curl
+    // 7.88 reports as an error instead of the answer; here it would stop the
+    // sender early.
+    let (mut sender, body) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
+    let upload = tokio::spawn(async move {
+        let mut sent = 0;
+        for _ in 0..45 {
+            if sender.send_data(bytes::Bytes::from(vec![b' '; 64 << 10])).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let response = http
+        .post(server.url("/validate/pod-validation"))
+        .header("content-type", "text/plain")
+        .body(reqwest::Body::wrap(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 415);
+    assert!(response.text().await.unwrap().contains("application/json"));
+    assert_eq!(upload.await.unwrap(), 45, "the server stopped reading the upload before answering");
+}
+
 /// Plugins that trap and loop, under each failure policy.
 fn failing_server(dir: &Path) -> Server {
     install(dir, "trap-fail", guests::MISBEHAVE, Some(r#"{"validate": "panic"}"#));

@@ -30,22 +30,20 @@ pub async fn handle(state: Arc<HostState>, req: Request<Incoming>) -> Response<F
         "/readyz" => return text(503, "loading plugins"),
         _ => {}
     }
-    let registry = state.registry();
-    let Some(plugin) = registry.by_admission_path(req.uri().path()).cloned() else {
-        return reject(&state, 404, "not_found", "no admission plugin serves this path");
+    let plugin = match admissible(&state, &req) {
+        Ok(plugin) => plugin,
+        Err(rejection) => {
+            // Read what the client sends (up to the cap) before answering.
+            // Over HTTP/2 an answer given mid-upload is followed by a
+            // RST_STREAM(NO_ERROR), as RFC 9113 8.1 allows, but curl 7.88
+            // (Debian 12's, which operators debug with) then reports error
+            // 92 and drops the status and the reason.
+            if rejection.status() != 413 {
+                let _ = Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await;
+            }
+            return *rejection;
+        }
     };
-    if req.method() != Method::POST {
-        let mut response = reject(&state, 405, "method", "admission requests must be POST");
-        response.headers_mut().insert(ALLOW, http::HeaderValue::from_static("POST"));
-        return response;
-    }
-    if !is_json(req.headers().get(CONTENT_TYPE)) {
-        return reject(&state, 415, "media_type", "Content-Type must be application/json");
-    }
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-        return reject(&state, 413, "too_large", TOO_LARGE);
-    }
     let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(body) => body.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
@@ -135,6 +133,28 @@ async fn decide(
             .unwrap_or_else(|_| text(500, "could not build the response")),
         Err(error) => text(500, format!("could not encode the response: {error}")),
     }
+}
+
+/// The plugin for the request's path, or the refusal of a request that no
+/// plugin can take, decided from its head alone.
+fn admissible(state: &HostState, req: &Request<Incoming>) -> Result<Arc<Plugin>, Box<Response<Full<Bytes>>>> {
+    let registry = state.registry();
+    let Some(plugin) = registry.by_admission_path(req.uri().path()).cloned() else {
+        return Err(Box::new(reject(state, 404, "not_found", "no admission plugin serves this path")));
+    };
+    if req.method() != Method::POST {
+        let mut response = reject(state, 405, "method", "admission requests must be POST");
+        response.headers_mut().insert(ALLOW, http::HeaderValue::from_static("POST"));
+        return Err(Box::new(response));
+    }
+    if !is_json(req.headers().get(CONTENT_TYPE)) {
+        return Err(Box::new(reject(state, 415, "media_type", "Content-Type must be application/json")));
+    }
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return Err(Box::new(reject(state, 413, "too_large", TOO_LARGE)));
+    }
+    Ok(plugin)
 }
 
 /// Why a plugin produced no verdict.
