@@ -140,7 +140,9 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
             // each event loop gets its own upstream pool, so connections
             // stay on the thread that made them.
             let upstream_tls = tls::client_config(gateway.upstream.extra_ca.as_deref())?;
-            let gateways: Vec<Arc<Gateway>> = (0..gateway.threads.max(1))
+            // One gateway per event loop bound above.
+            let loops = gateway_loops.as_ref().map_or(0, EventLoops::len);
+            let gateways: Vec<Arc<Gateway>> = (0..loops)
                 .map(|_| {
                     let upstreams = Upstreams::new(gateway.upstream.clone(), upstream_tls.clone());
                     Arc::new(Gateway::new(state.clone(), upstreams, trusted.clone(), gateway.tls))
