@@ -40,6 +40,7 @@ fn main() {
     guests.extend(discover(&root.join("tests/guests"), false));
 
     let target_dir = guest_target_dir(&out_dir);
+    ensure_guest_target();
     build(&root, &target_dir, &guests);
 
     let artifacts = target_dir.join(GUEST_TARGET).join(GUEST_PROFILE);
@@ -118,6 +119,77 @@ fn guest_target_dir(out_dir: &Path) -> PathBuf {
         .find(|dir| dir.join("CACHEDIR.TAG").exists())
         .map(|target| target.join("guests"))
         .unwrap_or_else(|| out_dir.join("guests"))
+}
+
+/// Makes sure the `wasm32-wasip2` standard library is installed for the rustc
+/// cargo builds with, running `rustup target add` if it is not, and panics
+/// with the command to run if that does not fix it.
+///
+/// `.cargo/ensure-guest-target.sh` does the same before anything compiles;
+/// this is the backstop for builds that do not run it: `RUSTC_WRAPPER` from
+/// the environment (sccache) replaces the config's wrapper, cargo started
+/// outside the workspace does not read `.cargo/config.toml`, and cargo reuses
+/// its cached probe (from before the target was removed) without calling the
+/// wrapper. Without it the nested cargo below fails with rustc's "can't find
+/// crate for `core`".
+fn ensure_guest_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    if let Some((_, true)) = guest_std(&rustc) {
+        return;
+    }
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok().filter(|toolchain| !toolchain.is_empty());
+    let install = match &toolchain {
+        Some(toolchain) => format!("rustup target add --toolchain {toolchain} {GUEST_TARGET}"),
+        None => format!("rustup target add {GUEST_TARGET}"),
+    };
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add"]);
+    if let Some(toolchain) = &toolchain {
+        rustup.args(["--toolchain", toolchain]);
+    }
+    // Build scripts talk to cargo on stdout; rustup's progress goes to stderr.
+    rustup.arg(GUEST_TARGET).stdout(std::io::stderr());
+    eprintln!("{GUEST_TARGET} is not installed for {rustc}; installing it: {install}");
+    let outcome = match rustup.status() {
+        Ok(status) if status.success() => match guest_std(&rustc) {
+            Some((_, true)) => {
+                println!(
+                    "cargo:warning=installed the {GUEST_TARGET} target, which the guests are built for: {install}"
+                );
+                return;
+            }
+            _ => format!("`{install}` succeeded, but this rustc still has none: it is not that toolchain's rustc"),
+        },
+        Ok(status) => format!("`{install}` failed ({status})"),
+        Err(error) => format!("rustup could not be run ({error})"),
+    };
+    let missing = match guest_std(&rustc) {
+        Some((libdir, _)) => format!("no libcore in {}", libdir.display()),
+        None => format!("`{rustc} --print target-libdir --target {GUEST_TARGET}` failed"),
+    };
+    panic!(
+        "the {GUEST_TARGET} standard library is not installed for {rustc} ({missing}), and {outcome}. \
+         Tollgate compiles its plugins and test guests to WebAssembly for {GUEST_TARGET} (host/build.rs), \
+         so every build of this workspace needs it. Install it, then run cargo again:\n\n    {install}\n"
+    );
+}
+
+/// Where `rustc` keeps the guest target's standard library, and whether its
+/// libcore is there; `None` if rustc cannot say.
+fn guest_std(rustc: &str) -> Option<(PathBuf, bool)> {
+    let output = Command::new(rustc).args(["--print", "target-libdir", "--target", GUEST_TARGET]).output().ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let libdir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let has_core = fs::read_dir(&libdir).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libcore-") && name.ends_with(".rlib")
+        })
+    });
+    Some((libdir, has_core))
 }
 
 fn build(root: &Path, target_dir: &Path, guests: &[Guest]) {
