@@ -251,3 +251,29 @@ fn serve_without_a_directory_serves_the_bundled_plugins() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// What the README's steps produce: the build's file (cargo writes crate
+/// `namespace-validation` as `namespace_validation.wasm`) and the settings
+/// file shipped beside the crate, copied as they are into one directory.
+#[test]
+fn a_built_plugin_and_its_shipped_settings_line_up_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = Path::new(guests::NAMESPACE_VALIDATION);
+    assert_eq!(built.file_name().unwrap(), "namespace_validation.wasm", "cargo's name for the artifact");
+    copy(dir.path(), "namespace_validation.wasm", guests::NAMESPACE_VALIDATION);
+
+    // Without its settings, the refusal names the settings files looked for.
+    let out = tollgate(&["inspect", dir.path().to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("refused its settings (no settings file; looked for"), "{stdout}");
+    assert!(stdout.contains("namespace_validation.settings.json, namespace-validation.settings.json"), "{stdout}");
+
+    std::fs::copy(shipped_settings("namespace-validation"), dir.path().join("namespace-validation.settings.json"))
+        .unwrap();
+    let out = tollgate(&["inspect", dir.path().to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("namespace-validation 0.1.0 (admission)"), "{stdout}");
+    assert!(stdout.contains("namespace-validation.settings.json"), "the settings used are shown: {stdout}");
+}

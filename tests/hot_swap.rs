@@ -216,3 +216,24 @@ async fn an_unchanged_directory_is_not_rescanned_again_and_again() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(rescans(&server).await, after_change, "rescans while nothing changed");
 }
+
+#[tokio::test]
+async fn a_relative_plugin_directory_keeps_its_plugins_at_the_first_change() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    support::install(&dir, "a", guests::MISBEHAVE, Some(ALLOW));
+    // `--plugins plugins`, relative to the server's working directory.
+    let server = Server::start_in(scratch.path(), Path::new("plugins"), &[]);
+    let http = client(&server.ca(), None);
+    assert_eq!(ask(&http, &server, "/validate/misbehave").await, Some(true));
+
+    // The first change adds one plugin; the one serving stays as it is.
+    support::install(&dir, "b", guests::ADD_LABEL, None);
+    logged(&server, &["plugin added", "add-label"]).await;
+    let log = server.log.lock().unwrap().join("\n");
+    let changes: Vec<&str> =
+        log.lines().filter(|l| l.contains("plugin added") || l.contains("plugin removed")).collect();
+    assert_eq!(changes.len(), 1, "only b.wasm is new: {changes:#?}");
+    assert!(changes[0].contains(&dir.join("b.wasm").canonicalize().unwrap().display().to_string()), "{changes:#?}");
+}

@@ -20,16 +20,18 @@ pub fn load(loader: &Loader) -> LoadReport {
     for (file, bytes, settings) in BUNDLED {
         let origin = PathBuf::from(format!("bundled:{file}"));
         let settings = match settings {
-            Some(text) => match Settings::from_text(text, &PathBuf::from(format!("{file}.settings.json"))) {
-                Ok(s) => s,
-                Err(reason) => {
-                    report.refused.push(crate::error::LoadError {
-                        file: origin,
-                        reason: crate::error::Refusal::Settings(reason),
-                    });
-                    continue;
+            Some(text) => {
+                let stem = file.trim_end_matches(".wasm");
+                let settings_file = PathBuf::from(format!("bundled:{stem}.settings.json"));
+                match Settings::from_text(text, &settings_file) {
+                    Ok(s) => s,
+                    Err(reason) => {
+                        let reason = crate::error::Refusal::SettingsFile { file: settings_file, reason };
+                        report.refused.push(crate::error::LoadError { file: origin, reason });
+                        continue;
+                    }
                 }
-            },
+            }
             None => Settings::none(),
         };
         match loader.load_bytes(&origin, bytes, settings).and_then(|p| report.registry.insert(p)) {

@@ -159,8 +159,13 @@ pub enum Refusal {
     #[error("configure() {0}")]
     Configure(CallError),
     /// The plugin refused its settings.
-    #[error("refused its settings: {0}")]
-    Settings(String),
+    #[error("refused its settings ({settings}): {message}")]
+    Settings {
+        /// The plugin's own message.
+        message: String,
+        /// Where the settings came from, or where they were looked for.
+        settings: String,
+    },
     /// Another loaded plugin already has this name or path.
     #[error("{what} {value:?} is already used by {}", other.display())]
     Duplicate {
@@ -185,10 +190,10 @@ pub struct LoadError {
 
 /// A plugin directory could not be read at all.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read plugin directory {}: {source}", dir.display())]
+#[error("cannot read plugin directory {}: {error}", dir.display())]
 pub struct DirError {
     /// The directory.
     pub dir: PathBuf,
-    /// The I/O error.
-    pub source: std::io::Error,
+    /// The I/O error (in the message, not a `source`, so it is printed once).
+    pub error: std::io::Error,
 }

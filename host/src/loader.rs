@@ -37,12 +37,16 @@ pub struct Settings {
     pub json: String,
     /// Where it came from, if from a file.
     pub file: Option<PathBuf>,
+    /// Where a settings file was looked for, when none was found: a plugin
+    /// that then refuses its (empty) settings is refused with this, so the
+    /// operator sees which file name was expected.
+    pub looked_for: Option<String>,
 }
 
 impl Settings {
     /// What a plugin gets when it has no settings file.
     pub fn none() -> Self {
-        Self { json: "{}".into(), file: None }
+        Self { json: "{}".into(), file: None, looked_for: None }
     }
 
     /// Reads a JSON or YAML settings file; YAML is converted to JSON so
@@ -61,20 +65,37 @@ impl Settings {
         } else {
             serde_json::from_str(text).map_err(|e| format!("is not valid JSON: {e}"))?
         };
-        Ok(Self { json: value.to_string(), file: Some(file.to_path_buf()) })
+        Ok(Self { json: value.to_string(), file: Some(file.to_path_buf()), looked_for: None })
     }
 
-    /// The settings file beside a plugin file, if there is exactly one.
-    pub fn beside(wasm: &Path) -> Result<Option<Self>, Refusal> {
-        let Some(stem) = wasm.file_stem().and_then(|s| s.to_str()) else { return Ok(None) };
-        let found: Vec<PathBuf> = SETTINGS_SUFFIXES
+    /// The settings file beside a plugin file, if there is exactly one, else
+    /// no settings (saying where they were looked for).
+    ///
+    /// Beside `<stem>.wasm` it is `<stem>.settings.json` (or `.yaml`, `.yml`),
+    /// with `-` and `_` in the stem taken as the same: cargo writes crate
+    /// `my-policy` as `my_policy.wasm`, while its settings file is named
+    /// after the crate.
+    pub fn beside(wasm: &Path) -> Result<Self, Refusal> {
+        let Some(stem) = wasm.file_stem().and_then(|s| s.to_str()) else { return Ok(Self::none()) };
+        let mut stems = vec![stem.to_string()];
+        for twin in [stem.replace('_', "-"), stem.replace('-', "_")] {
+            if !stems.contains(&twin) {
+                stems.push(twin);
+            }
+        }
+        let found: Vec<PathBuf> = stems
             .iter()
-            .map(|suffix| wasm.with_file_name(format!("{stem}{suffix}")))
+            .flat_map(|stem| SETTINGS_SUFFIXES.iter().map(move |suffix| format!("{stem}{suffix}")))
+            .map(|name| wasm.with_file_name(name))
             .filter(|p| p.is_file())
             .collect();
         match found.as_slice() {
-            [] => Ok(None),
-            [one] => Self::from_file(one).map(Some),
+            [] => {
+                let dir = wasm.parent().map_or_else(String::new, |d| format!(" in {}", d.display()));
+                let names: Vec<String> = stems.iter().map(|s| format!("{s}.settings.json")).collect();
+                Ok(Self { looked_for: Some(format!("{} (or .yaml, .yml){dir}", names.join(", "))), ..Self::none() })
+            }
+            [one] => Self::from_file(one),
             [first, ..] => Err(Refusal::SettingsFile {
                 file: first.clone(),
                 reason: format!(
@@ -82,6 +103,15 @@ impl Settings {
                     found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
                 ),
             }),
+        }
+    }
+
+    /// Where these settings came from, in words, for a refusal's reason.
+    pub fn origin(&self) -> String {
+        match (&self.file, &self.looked_for) {
+            (Some(file), _) => format!("settings from {}", file.display()),
+            (None, Some(looked_for)) => format!("no settings file; looked for {looked_for}"),
+            (None, None) => "no settings given".into(),
         }
     }
 }
@@ -115,7 +145,7 @@ impl Loader {
     pub fn load_file(&self, wasm: &Path) -> Result<Plugin, LoadError> {
         let fail = |reason| LoadError { file: wasm.to_path_buf(), reason };
         let bytes = std::fs::read(wasm).map_err(|e| fail(Refusal::Read(e)))?;
-        let settings = Settings::beside(wasm).map_err(fail)?.unwrap_or_else(Settings::none);
+        let settings = Settings::beside(wasm).map_err(fail)?;
         self.load_bytes(wasm, &bytes, settings)
     }
 
@@ -206,7 +236,9 @@ impl Loader {
                 match snapshotter.configure(&name, bytes, kind, &contract_version, &settings.json, deadline) {
                     Ok(configured) => Some(configured),
                     Err(SnapshotError::Call(error)) => return Err(Refusal::Configure(error)),
-                    Err(SnapshotError::Refused(message)) => return Err(Refusal::Settings(message)),
+                    Err(SnapshotError::Refused(message)) => {
+                        return Err(Refusal::Settings { message, settings: settings.origin() });
+                    }
                     Err(SnapshotError::Unsupported(why)) => {
                         tracing::warn!(plugin = %name, %why, "no configured snapshot; configuring on every call");
                         None
@@ -240,7 +272,7 @@ impl Loader {
                         })
                     }))
                     .map_err(Refusal::Configure)?;
-                accepted.map_err(Refusal::Settings)?;
+                accepted.map_err(|message| Refusal::Settings { message, settings: settings.origin() })?;
                 (pre, exports, false, component)
             }
         };
@@ -276,7 +308,7 @@ fn indices(kind: Kind, pre: &InstancePre<Sandbox>) -> wasmtime::Result<Exports> 
 /// Plugin files of a directory, sorted. Hidden files are skipped: copy tools
 /// and editors write them while a file is being replaced.
 pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
-    let fail = |source| DirError { dir: dir.to_path_buf(), source };
+    let fail = |error| DirError { dir: dir.to_path_buf(), error };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(fail)? {
         let path = entry.map_err(fail)?.path();

@@ -86,7 +86,7 @@ pub fn rescan(loader: &Loader, dir: &Path, current: &Registry) -> Result<(Regist
 fn load_if_changed(loader: &Loader, file: &Path, previous: Option<&Arc<Plugin>>) -> Result<Option<Plugin>, LoadError> {
     let fail = |reason| LoadError { file: file.to_path_buf(), reason };
     let bytes = std::fs::read(file).map_err(|e| fail(Refusal::Read(e)))?;
-    let settings = Settings::beside(file).map_err(fail)?.unwrap_or_else(Settings::none);
+    let settings = Settings::beside(file).map_err(fail)?;
     if let Some(previous) = previous
         && previous.hash() == hex::encode(Sha256::digest(&bytes))
         && previous.settings_json() == settings.json
@@ -122,7 +122,10 @@ pub fn log(changes: &Changes) {
     }
 }
 
-/// The directory a watcher watches, canonicalised so that events name it.
-pub fn watched_dir(dir: &Path) -> PathBuf {
-    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+/// A plugin directory as the server knows it for its whole run: absolute
+/// and canonical (symlinks resolved), so file events, the first load and
+/// every rescan name the same files the same way. A directory that does not
+/// exist (yet) is made absolute against the working directory.
+pub fn resolve_dir(dir: &Path) -> PathBuf {
+    dir.canonicalize().or_else(|_| std::path::absolute(dir)).unwrap_or_else(|_| dir.to_path_buf())
 }

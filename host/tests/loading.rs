@@ -54,7 +54,7 @@ fn plugin_dir(files: &[(&str, &str)], settings: &[(&str, &str)]) -> tempfile::Te
 
 fn load_with(guest: &str, settings: serde_json::Value) -> Result<Plugin, LoadError> {
     let bytes = std::fs::read(guest).expect("read guest");
-    let settings = Settings { json: settings.to_string(), file: None };
+    let settings = Settings { json: settings.to_string(), ..Settings::none() };
     loader().load_bytes(Path::new(guest), &bytes, settings)
 }
 
@@ -248,7 +248,10 @@ fn settings_files_json_and_yaml_are_accepted() {
 #[test]
 fn settings_refused_by_the_plugin_or_unreadable_refuse_the_plugin() {
     let unknown = refusal(load_with(guests::NAMESPACE_VALIDATION, json!({"protected": ["x"]})));
-    assert!(matches!(&unknown, Refusal::Settings(m) if m.contains("unknown field `protected`")), "{unknown}");
+    assert!(
+        matches!(&unknown, Refusal::Settings { message: m, .. } if m.contains("unknown field `protected`")),
+        "{unknown}"
+    );
 
     let bad_regex = refusal(load_with(
         guests::NAMESPACE_VALIDATION,
@@ -464,7 +467,7 @@ fn compiled_plugins_are_cached_and_a_corrupt_entry_is_rebuilt() {
         loader.with_cache(Arc::new(cache))
     };
     let bytes = std::fs::read(guests::NAMESPACE_VALIDATION).unwrap();
-    let settings = || Settings { json: guard_settings().to_string(), file: None };
+    let settings = || Settings { json: guard_settings().to_string(), ..Settings::none() };
     let review = namespace_review("DELETE", "kube-system", "alice", &[]);
 
     let first = with_cache().load_bytes(Path::new("guard.wasm"), &bytes, settings()).unwrap();
@@ -476,7 +479,8 @@ fn compiled_plugins_are_cached_and_a_corrupt_entry_is_rebuilt() {
     assert_eq!(decide(&second, &review).unwrap(), decide(&first, &review).unwrap());
 
     // Other settings are another entry: the snapshot holds the settings.
-    let open = Settings { json: guard_settings_with(json!({"protectedNamespaces": []})).to_string(), file: None };
+    let open =
+        Settings { json: guard_settings_with(json!({"protectedNamespaces": []})).to_string(), ..Settings::none() };
     let third = with_cache().load_bytes(Path::new("guard.wasm"), &bytes, open).unwrap();
     assert!(!third.from_cache());
     assert!(decide(&third, &review).unwrap().allowed);
