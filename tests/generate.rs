@@ -115,6 +115,21 @@ fn webhooks_for_the_reference_plugins_through_a_service() {
     }
 }
 
+/// Reached by `--url`, Tollgate runs in no namespace the webhooks could
+/// know: excluding `tollgate` by default let anyone allowed to create
+/// namespaces create one by that name and do there what every plugin forbids.
+#[test]
+fn webhooks_through_a_url_exclude_no_namespace_unless_asked() {
+    let yaml = stdout_of(&tollgate(&["webhooks", "--url", "https://tollgate.example.com:8443"]));
+    schema_validate(&yaml);
+    let (validating, _) = parse(&yaml);
+    for hook in validating[0].webhooks.as_deref().unwrap() {
+        let excluded = hook.namespace_selector.iter().flat_map(|s| s.match_expressions.iter().flatten());
+        let by_name: Vec<_> = excluded.filter(|e| e.key == "kubernetes.io/metadata.name").collect();
+        assert!(by_name.is_empty(), "{} excludes {by_name:?}", hook.name);
+    }
+}
+
 #[test]
 fn webhooks_through_a_url_with_a_ca_bundle_and_a_mutating_plugin() {
     let dir = tempfile::tempdir().unwrap();

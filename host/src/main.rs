@@ -15,6 +15,7 @@ use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::gateway::proxy::UpstreamOptions;
 use tollgate::loader::{Loader, Settings};
 use tollgate::registry::LoadReport;
+use tollgate::serve::admission::ReviewLimits;
 use tollgate::serve::{GatewayOptions, ServeOptions, SyncOptions};
 use tollgate::sync::ClusterConfig;
 use tollgate::tls::{CertSource, TlsOptions};
@@ -71,7 +72,13 @@ struct ServeArgs {
     /// Names the generated certificate is valid for.
     #[arg(long = "tls-san", default_values = ["localhost", "127.0.0.1", "::1"])]
     tls_sans: Vec<String>,
-    /// Where the generated CA bundle is written (default: <temp dir>/tollgate/ca.pem).
+    /// Where Tollgate keeps the CA it makes for itself (without
+    /// --tls-cert/--tls-key) and the serving certificate it issued, so they
+    /// outlive restarts (default: $XDG_STATE_HOME/tollgate, else
+    /// ~/.local/state/tollgate). Its CA bundle is `ca.crt` there.
+    #[arg(long, env = "TOLLGATE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Also write a copy of the CA bundle of the generated certificate here.
     #[arg(long)]
     ca_out: Option<PathBuf>,
     /// Require client certificates signed by this CA bundle (PEM): only the
@@ -116,6 +123,16 @@ struct ServeArgs {
     /// Time for an upstream's response head to arrive, in milliseconds.
     #[arg(long, default_value_t = 30000)]
     upstream_timeout_ms: u64,
+    /// Cap on one AdmissionReview body, in MiB (413 past it). The default
+    /// fits an UPDATE of the largest object the API server stores (1.5 MiB,
+    /// etcd's limit) twice, each byte escaped to 6 as the API server may:
+    /// 2 × 6 × 1.5 + 1 = 19.
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_review_mib: u32,
+    /// Memory for AdmissionReview bodies held at once, in MiB: a review
+    /// that finds no room before its deadline gets 503.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_review_memory_mib: u32,
     /// Apply the generated webhook configurations to the cluster whenever
     /// the admission plugins change (server-side apply, field manager `tollgate`).
     #[arg(long)]
@@ -181,8 +198,11 @@ struct WebhookArgs {
     /// or `service-ca` (OpenShift).
     #[arg(long)]
     inject_ca: Option<String>,
-    /// Namespaces no webhook applies to (default: the Service's namespace),
-    /// so a broken Tollgate cannot stop anyone repairing it.
+    /// Namespaces no webhook applies to, so a broken Tollgate cannot stop
+    /// anyone repairing it. Default: the Service's namespace, where Tollgate
+    /// runs; with --url, none (Tollgate runs in no namespace the webhooks
+    /// know, and an excluded name anyone may create is a way around every
+    /// policy).
     #[arg(long = "exclude-namespace")]
     exclude_namespaces: Vec<String>,
 }
@@ -206,10 +226,10 @@ impl WebhookArgs {
                 port: self.service_port,
             },
         };
-        let exclude_namespaces = if self.exclude_namespaces.is_empty() {
-            vec![self.service_namespace.clone()]
-        } else {
-            self.exclude_namespaces.clone()
+        let exclude_namespaces = match (&target, self.exclude_namespaces.is_empty()) {
+            (_, false) => self.exclude_namespaces.clone(),
+            (Target::Service { namespace, .. }, true) => vec![namespace.clone()],
+            (Target::Url(_), true) => Vec::new(),
         };
         let options = WebhookOptions {
             config_name: self.config_name.clone(),
@@ -320,12 +340,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn serve(args: ServeArgs) -> Result<ExitCode> {
     let cert = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => CertSource::Files { cert, key },
-        _ => CertSource::SelfSigned {
+        _ => CertSource::Generated {
             names: args.tls_sans,
-            ca_out: args.ca_out.unwrap_or_else(|| std::env::temp_dir().join("tollgate").join("ca.pem")),
+            state_dir: match args.state_dir.or_else(default_state_dir) {
+                Some(dir) => dir,
+                None => bail!("no $XDG_STATE_HOME or $HOME to keep the generated CA in: give --state-dir"),
+            },
+            ca_out: args.ca_out,
         },
     };
+    let reviews = ReviewLimits::new((args.max_review_mib as usize) << 20, (args.max_review_memory_mib as usize) << 20)
+        .map_err(|reason| anyhow::anyhow!("--max-review-memory-mib: {reason}"))?;
     let options = ServeOptions {
+        reviews,
         plugins: args.plugins,
         engine: args.engine.options(),
         admission_addr: args.admission_addr,
@@ -359,6 +386,15 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(tollgate::serve::run(options, stop_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// $XDG_STATE_HOME/tollgate, else ~/.local/state/tollgate, else none: the
+/// XDG place for data that outlives a run but is not worth backing up.
+fn default_state_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))?;
+    Some(base.join("tollgate"))
 }
 
 /// $XDG_CACHE_HOME/tollgate, else ~/.cache/tollgate, else none.
