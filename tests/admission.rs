@@ -130,13 +130,26 @@ async fn check_table(server: &Server, path: &str, rows: Vec<(&str, Review, Expec
         let ok = answer["uid"] == uid.as_str()
             && match expect {
                 Allow => got.0 == Some(true),
-                Deny(code) => got == (Some(false), Some(u64::from(*code))),
+                // kubectl prints the reason: `Error from server (Forbidden): ...`.
+                Deny(code) => {
+                    got == (Some(false), Some(u64::from(*code))) && answer["status"]["reason"] == status_reason(*code)
+                }
             };
         if !ok {
             failures.push(format!("{what}: got {answer}"));
         }
     }
     assert!(failures.is_empty(), "{} of {} rows wrong:\n{}", failures.len(), rows.len(), failures.join("\n"));
+}
+
+/// The `reason` the API server's `metav1.Status` gives a code
+/// (k8s.io/apimachinery `StatusReason` constants), for the codes these rules use.
+fn status_reason(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        403 => "Forbidden",
+        other => panic!("no reason listed for {other}"),
+    }
 }
 
 /// A server with the three OpenShift plugins and their shipped settings.
@@ -520,7 +533,7 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
             400,
             "has no request",
         ),
-        ("4 MiB", json_post(vec![b' '; 4 << 20]), 413, "larger than the 3 MiB"),
+        ("20 MiB", json_post(vec![b' '; 20 << 20]), 413, "larger than the 19 MiB cap"),
         ("GET", http.get(&url), 405, "must be POST"),
         ("text/plain", http.post(&url).header("content-type", "text/plain").body("{}"), 415, "application/json"),
         ("unknown path", http.post(server.url("/validate/nope")).json(&json!({})), 404, "no admission plugin"),
@@ -602,6 +615,7 @@ async fn failure_policy_fail_denies_and_ignore_allows_with_a_warning() {
         assert_eq!(response["uid"], "t1");
         assert_eq!(response["allowed"], false);
         assert_eq!(response["status"]["code"], 500);
+        assert_eq!(response["status"]["reason"], "InternalError");
         let message = response["status"]["message"].as_str().unwrap();
         assert!(
             message.contains("plugin misbehave trapped") && message.contains("misbehaving on purpose"),
@@ -782,11 +796,25 @@ async fn with_a_client_ca_only_clients_with_a_certificate_get_in() {
     assert_eq!(response.status(), 200);
 }
 
+/// A CA and the serving certificate for localhost it signed, PEM.
+struct Identity {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Identity {
+    fn for_localhost() -> Self {
+        let (ca_pem, cert_pem, key_pem) = support::server_identity("localhost");
+        Self { ca_pem, cert_pem, key_pem }
+    }
+}
+
 #[tokio::test]
 async fn certificate_files_replaced_on_disk_serve_on_the_next_connection() {
     let dir = tempfile::tempdir().unwrap();
     install_reference(dir.path(), "pod-validation", guests::POD_VALIDATION);
-    let first = tollgate::tls::SelfSigned::generate(&["localhost".into()]).unwrap();
+    let first = Identity::for_localhost();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert, &first.cert_pem).unwrap();
     std::fs::write(&key, &first.key_pem).unwrap();
@@ -798,7 +826,7 @@ async fn certificate_files_replaced_on_disk_serve_on_the_next_connection() {
     assert_eq!(trusts_first.post(&url).json(&review).send().await.unwrap().status(), 200);
 
     // Rotate as cert-manager does: write new files, rename them into place.
-    let second = tollgate::tls::SelfSigned::generate(&["localhost".into()]).unwrap();
+    let second = Identity::for_localhost();
     std::fs::write(dir.path().join("tls.crt.new"), &second.cert_pem).unwrap();
     std::fs::write(dir.path().join("tls.key.new"), &second.key_pem).unwrap();
     std::fs::rename(dir.path().join("tls.key.new"), &key).unwrap();
@@ -844,10 +872,153 @@ async fn a_second_server_on_a_taken_address_stops_before_replacing_the_ca_bundle
         let stderr = String::from_utf8_lossy(&second.stderr);
         assert!(!second.status.success(), "{flag}: the second server must not start");
         assert!(stderr.contains(&format!("cannot listen on {clash}")), "{flag}: {stderr}");
+        assert_eq!(stderr.matches("Address already in use").count(), 1, "{flag}: the cause once: {stderr}");
         assert_eq!(server.ca(), ca, "{flag}: the running server's CA bundle was replaced");
     }
     let review = pod("CREATE", "team-a", json!([])).json("still-trusted");
     let http = client(&ca, None);
     let response = http.post(server.url("/validate/pod-validation")).json(&review).send().await.unwrap();
     assert_eq!(response.status(), 200, "the running server is still trusted with its CA bundle");
+}
+
+/// An UPDATE of a ConfigMap holding `size` bytes of markup, as the API
+/// server sends it: Go's encoding/json writes each `<` as the 6-byte
+/// `\u003c`, and an UPDATE carries the object and its old version.
+fn markup_update(uid: &str, size: usize) -> Vec<u8> {
+    let configmap = |version: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "page", "namespace": "team-a", "resourceVersion": version},
+               "data": {"page.html": "<".repeat(size)}})
+    };
+    let review = Review::new("", "ConfigMap", "configmaps", "UPDATE")
+        .named("page")
+        .in_namespace("team-a")
+        .object(configmap("2"))
+        .old(configmap("1"));
+    serde_json::to_string(&review.json(uid)).unwrap().replace('<', "\\u003c").into_bytes()
+}
+
+#[tokio::test]
+async fn an_update_of_a_large_object_fits_and_a_larger_body_is_refused_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "cm", guests::MISBEHAVE, Some(r#"{"validate": "echo"}"#));
+    let body = markup_update("big", 900_000);
+    assert!(body.len() > 10_800_000, "{} bytes", body.len());
+
+    // A 900 KB ConfigMap of markup: 10.8 MB on the wire, under the default cap.
+    let server = Server::start(dir.path(), &["--no-gateway"]);
+    let http = client(&server.ca(), None);
+    let url = server.url("/validate/misbehave");
+    let response = http.post(&url).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        (answer["response"]["uid"].as_str(), answer["response"]["allowed"].as_bool()),
+        (Some("big"), Some(true))
+    );
+
+    // Under a smaller cap it is refused, and the operator is told which
+    // plugin, how large and from where, at the default log level.
+    let small = Server::start(dir.path(), &["--no-gateway", "--max-review-mib", "8"]);
+    let http = client(&small.ca(), None);
+    let response = http
+        .post(small.url("/validate/misbehave"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert!(response.text().await.unwrap().contains("larger than the 8 MiB cap"));
+    logged(&small, &["WARN", "413", "misbehave", &format!("size_bytes={}", body.len()), "peer=127.0.0.1"]).await;
+}
+
+#[tokio::test]
+async fn large_reviews_wait_for_room_in_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "cm", guests::MISBEHAVE, Some(r#"{"validate": "echo"}"#));
+    let server =
+        Server::start(dir.path(), &["--no-gateway", "--max-review-mib", "12", "--max-review-memory-mib", "12"]);
+    let http = client(&server.ca(), None);
+    let url = server.url("/validate/misbehave");
+
+    // A first review holds 11 MiB of the 12 while its upload goes on.
+    let (mut sender, stream) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(4);
+    let first = tokio::spawn({
+        let request = http.post(&url).header("content-type", "application/json").body(reqwest::Body::wrap(stream));
+        async move { request.send().await }
+    });
+    for _ in 0..11 {
+        sender.send_data(bytes::Bytes::from(vec![b' '; 1 << 20])).await.unwrap();
+    }
+    // Let the server read what was sent.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // A second review of 2 MiB finds no room before its deadline: 503.
+    let mut padded = vec![b' '; 2 << 20];
+    padded.extend(serde_json::to_vec(&support::configmap_review("second")).unwrap());
+    let post = || http.post(&url).header("content-type", "application/json").body(padded.clone());
+    let refused = post().send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.text().await.unwrap().contains("--max-review-memory-mib"));
+
+    // The first review ends (JSON allows the leading blanks) and is
+    // answered; its room is given back, and the second now fits.
+    sender.send_data(serde_json::to_vec(&support::configmap_review("first")).unwrap().into()).await.unwrap();
+    drop(sender);
+    let answer: Value = first.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(answer["response"]["uid"], "first");
+    let answer: Value = post().send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["response"]["uid"], "second");
+    assert!(server.metrics_text().await.contains("tollgate_rejected_requests_total{reason=\"busy\"} 1"));
+}
+
+/// Webhooks registered with the generated CA keep trusting Tollgate after a
+/// restart: the CA and its serving certificate are kept in the state
+/// directory, private to the user.
+#[tokio::test]
+async fn the_generated_ca_survives_a_restart() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    install_reference(dir.path(), "pod-validation", guests::POD_VALIDATION);
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("tollgate");
+    let args = ["--no-gateway", "--state-dir", state_dir.to_str().unwrap()];
+    let first = Server::start(dir.path(), &args);
+    let ca = first.ca();
+    assert_eq!(std::fs::read(state_dir.join("ca.crt")).unwrap(), ca, "the CA bundle is kept in the state directory");
+    let serving = std::fs::read(state_dir.join("tls.crt")).unwrap();
+    drop(first);
+
+    let second = Server::start(dir.path(), &args);
+    assert_eq!(second.ca(), ca, "a restart serves under the same CA");
+    assert_eq!(std::fs::read(state_dir.join("tls.crt")).unwrap(), serving, "a valid serving certificate is reused");
+    let review = pod("CREATE", "team-a", json!([])).json("after-restart");
+    let response = client(&ca, None).post(second.url("/validate/pod-validation")).json(&review).send().await.unwrap();
+    assert_eq!(response.status(), 200, "a client trusting the first run's CA still connects");
+    let mode = |name: &str| std::fs::metadata(state_dir.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(""), mode("ca.key"), mode("tls.key")), (0o700, 0o600, 0o600));
+}
+
+/// A client with a stale CA bundle, and one without a certificate under
+/// --client-ca, are logged at the default level with the peer and the cause.
+#[tokio::test]
+async fn failed_tls_handshakes_are_logged_with_peer_and_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    install_reference(dir.path(), "pod-validation", guests::POD_VALIDATION);
+    let server = Server::start(dir.path(), &["--no-gateway"]);
+    let (stale_ca, _, _) = support::server_identity("localhost");
+    let url = server.url("/validate/pod-validation");
+    assert!(client(stale_ca.as_bytes(), None).get(&url).send().await.is_err());
+    logged(&server, &["WARN", "TLS handshake failed", "does not trust this server's certificate", "peer=127.0.0.1"])
+        .await;
+
+    let scratch = tempfile::tempdir().unwrap();
+    let (client_ca, _, _) = client_identity("kube-apiserver");
+    let client_ca_file = scratch.path().join("client-ca.pem");
+    std::fs::write(&client_ca_file, client_ca).unwrap();
+    let strict = Server::start(dir.path(), &["--no-gateway", "--client-ca", client_ca_file.to_str().unwrap()]);
+    let response = client(&strict.ca(), None).get(strict.url("/healthz")).send().await;
+    assert!(response.is_err(), "no client certificate: {response:?}");
+    logged(&strict, &["WARN", "TLS handshake failed", "presented no certificate", "peer=127.0.0.1"]).await;
 }

@@ -229,7 +229,10 @@ pub fn response(req: &Request, plugin: &Plugin, verdict: Verdict) -> Result<Admi
     response.allowed = verdict.allowed;
     if !verdict.allowed {
         response.result.status = Some(StatusSummary::Failure);
-        response.result.code = verdict.code.unwrap_or(403);
+        // The API server turns a denial's code below 400 into 400
+        // (webhook `ToStatusErr`); say here what the user will see.
+        response.result.code = verdict.code.map_or(403, |code| code.max(400));
+        response.result.reason = status_reason(response.result.code).to_string();
         response.result.message = verdict.message.unwrap_or_else(|| format!("denied by {}", plugin.name()));
     } else if let Some(message) = verdict.message {
         response.result.message = message;
@@ -258,6 +261,7 @@ pub fn failure_response(req: &Request, plugin: &Plugin, cause: &str) -> Admissio
             response.allowed = false;
             response.result.status = Some(StatusSummary::Failure);
             response.result.code = 500;
+            response.result.reason = status_reason(500).to_string();
             response.result.message = format!("tollgate: {cause}; denied by failurePolicy Fail");
         }
         FailurePolicy::Ignore => {
@@ -267,6 +271,33 @@ pub fn failure_response(req: &Request, plugin: &Plugin, cause: &str) -> Admissio
     }
     annotate(&mut response, plugin);
     response
+}
+
+/// The `reason` the API server's own `metav1.Status` carries for an HTTP
+/// code (k8s.io/apimachinery `pkg/api/errors`: `NewGenericServerResponse`
+/// and the `StatusReason` constants of `pkg/apis/meta/v1/types.go`). kubectl
+/// prints it, as in `Error from server (Forbidden): ...`; without it the
+/// denial reads `Error from server: ...`. Codes with no reason of their own
+/// get none (the API server's `StatusReasonUnknown` is the empty string).
+pub fn status_reason(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        406 => "NotAcceptable",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "RequestEntityTooLarge",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        500.. => "InternalError",
+        _ => "",
+    }
 }
 
 /// Names the plugin (and version) that decided, for the audit log.

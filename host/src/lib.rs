@@ -15,6 +15,7 @@
 
 pub mod admission;
 pub mod bundled;
+pub mod ca;
 pub mod cache;
 pub mod compile_cache;
 pub mod contract;
@@ -38,6 +39,7 @@ pub mod snapshot;
 pub mod state;
 pub mod summary;
 pub mod sync;
+pub mod throttle;
 pub mod tls;
 pub mod validation;
 pub mod watch;

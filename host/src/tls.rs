@@ -4,9 +4,10 @@
 //! change (cert-manager and service-ca rotate them in place or swap a
 //! Kubernetes `..data` symlink), checked at every handshake, so a rotated
 //! certificate is served from the next connection on. With no files, a
-//! self-signed CA and serving certificate for localhost are generated at
-//! start-up and the CA bundle is written out for clients. With a client CA,
-//! only clients presenting a certificate it signed may connect.
+//! certificate is issued by Tollgate's own CA, kept in its state directory
+//! ([`crate::ca`]). With a client CA, only clients presenting a certificate
+//! it signed may connect. [`ServingTls::registered_ca`] decides which CA the
+//! webhooks registered for this listener must carry.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::webhooks::CaSource;
 
 /// What went wrong setting up TLS. Each names the file involved.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +37,12 @@ pub enum TlsError {
     /// The key does not fit the certificate, or rustls refused the setup.
     #[error("TLS configuration: {0}")]
     Config(String),
-    /// Generating the self-signed certificate failed.
-    #[error("generating a self-signed certificate: {0}")]
+    /// Generating a CA or serving certificate failed.
+    #[error("generating a certificate: {0}")]
     Generate(String),
+    /// The webhooks would carry a CA that does not vouch for the listener.
+    #[error("{0}")]
+    CaMismatch(String),
 }
 
 /// Where the serving certificate comes from.
@@ -49,13 +55,15 @@ pub enum CertSource {
         /// Private key (PKCS#8, PKCS#1 or SEC1).
         key: PathBuf,
     },
-    /// Generate a CA and a serving certificate for `names`; write the CA
-    /// certificate (PEM) to `ca_out` so clients can trust it.
-    SelfSigned {
+    /// A serving certificate for `names` from the CA kept in `state_dir`
+    /// (made on first use); the CA certificate is also copied to `ca_out`.
+    Generated {
         /// DNS names and IP addresses the certificate is valid for.
         names: Vec<String>,
-        /// Where to write the CA bundle.
-        ca_out: PathBuf,
+        /// Where the CA and the serving certificate are kept.
+        state_dir: PathBuf,
+        /// An extra copy of the CA bundle for clients, if wanted.
+        ca_out: Option<PathBuf>,
     },
 }
 
@@ -74,16 +82,37 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the server configuration (HTTP/2 and HTTP/1.1 by ALPN).
-pub fn server_config(options: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// The admission listener's TLS: the rustls configuration, and what the
+/// API server must trust to call it.
+#[derive(Debug, Clone)]
+pub struct ServingTls {
+    /// For the listener (HTTP/2 and HTTP/1.1 by ALPN).
+    pub config: Arc<rustls::ServerConfig>,
+    /// The CA of a generated certificate (PEM).
+    generated_ca: Option<String>,
+    /// The certificate chain served at start (leaf first).
+    chain: Vec<CertificateDer<'static>>,
+}
+
+/// Builds the admission listener's TLS.
+pub fn server_config(options: &TlsOptions) -> Result<ServingTls, TlsError> {
     let provider = provider();
-    let resolver: Arc<dyn ResolvesServerCert> = match &options.cert {
-        CertSource::Files { cert, key } => Arc::new(ReloadingCert::new(cert.clone(), key.clone(), provider.clone())?),
-        CertSource::SelfSigned { names, ca_out } => {
-            let generated = SelfSigned::generate(names)?;
-            write_ca(ca_out, &generated.ca_pem)?;
-            tracing::info!(ca_bundle = %ca_out.display(), names = ?names, "generated a self-signed serving certificate; trust this CA bundle");
-            Arc::new(StaticCert(Arc::new(certified_key(&generated.cert_pem, &generated.key_pem, &provider)?)))
+    let (resolver, generated_ca, chain): (Arc<dyn ResolvesServerCert>, _, _) = match &options.cert {
+        CertSource::Files { cert, key } => {
+            let reloading = ReloadingCert::new(cert.clone(), key.clone(), provider.clone())?;
+            let chain = reloading.chain();
+            (Arc::new(reloading), None, chain)
+        }
+        CertSource::Generated { names, state_dir, ca_out } => {
+            let ca = crate::ca::GeneratedCa::open(state_dir, names, provider.clone())?;
+            if let Some(out) = ca_out {
+                write_ca(out, ca.ca_pem())?;
+            }
+            let shown = ca_out.clone().unwrap_or_else(|| ca.ca_file());
+            tracing::info!(ca_bundle = %shown.display(), names = ?names, "serving a certificate of the kept CA; trust this CA bundle");
+            let ca_pem = ca.ca_pem().to_string();
+            let chain = ca.resolve_chain();
+            (Arc::new(ca), Some(ca_pem), chain)
         }
     };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -102,7 +131,83 @@ pub fn server_config(options: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, 
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ServingTls { config: Arc::new(config), generated_ca, chain })
+}
+
+impl ServingTls {
+    /// The CA the webhooks registered for this listener must carry, given
+    /// what the operator asked for (`--ca-bundle`, `--inject-ca`, or
+    /// nothing). A combination under which the API server could not trust
+    /// the listener is refused, with the reason: registering it would make
+    /// every call fail with "x509: certificate signed by unknown authority".
+    pub fn registered_ca(&self, requested: &CaSource) -> Result<CaSource, TlsError> {
+        let refuse = |reason: &str| Err(TlsError::CaMismatch(reason.to_string()));
+        match (&self.generated_ca, requested) {
+            (Some(ca), CaSource::None) => Ok(CaSource::Bundle(ca.clone().into_bytes())),
+            (Some(_), CaSource::Bundle(pem)) | (None, CaSource::Bundle(pem)) => {
+                if self.verifies(pem) {
+                    Ok(requested.clone())
+                } else {
+                    refuse(
+                        "--ca-bundle does not hold the CA that signed the serving certificate, so the API \
+                         server would not trust it (with a generated certificate, leave out --ca-bundle: the \
+                         kept CA is registered)",
+                    )
+                }
+            }
+            (Some(_), CaSource::CertManager(_) | CaSource::ServiceCa) => refuse(
+                "--inject-ca cannot vouch for a certificate Tollgate generated: serve that issuer's \
+                 certificate with --tls-cert/--tls-key, or leave out --inject-ca",
+            ),
+            (None, CaSource::CertManager(_) | CaSource::ServiceCa) => Ok(requested.clone()),
+            (None, CaSource::None) => {
+                let mut roots = RootCertStore::empty();
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                if self.verifies_with(&roots) {
+                    Ok(CaSource::None)
+                } else {
+                    refuse(
+                        "--sync-webhooks would register no caBundle, and no system root signed --tls-cert: \
+                         give --ca-bundle FILE (the CA that signed it) or --inject-ca",
+                    )
+                }
+            }
+        }
+    }
+
+    /// Whether the PEM bundle holds a CA that signed the served chain.
+    fn verifies(&self, pem: &[u8]) -> bool {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem).flatten() {
+            let _ = roots.add(cert);
+        }
+        self.verifies_with(&roots)
+    }
+
+    fn verifies_with(&self, roots: &RootCertStore) -> bool {
+        match self.chain.split_first() {
+            Some((leaf, intermediates)) => signed_by(leaf, intermediates, roots, &provider()).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Checks that `leaf` chains to one of `roots` (names are not checked: the
+/// question is only who signed it).
+pub fn signed_by(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &RootCertStore,
+    provider: &CryptoProvider,
+) -> Result<(), rustls::Error> {
+    let parsed = rustls::server::ParsedCertificate::try_from(leaf)?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        roots,
+        intermediates,
+        rustls_pki_types::UnixTime::now(),
+        provider.signature_verification_algorithms.all,
+    )
 }
 
 /// The client configuration for TLS to gateway upstreams: the system's
@@ -131,42 +236,6 @@ fn add_certs(roots: &mut RootCertStore, file: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
-/// A generated CA and the serving certificate it signed, all PEM.
-pub struct SelfSigned {
-    /// The CA certificate clients should trust.
-    pub ca_pem: String,
-    /// The serving certificate.
-    pub cert_pem: String,
-    /// The serving certificate's private key.
-    pub key_pem: String,
-}
-
-impl SelfSigned {
-    /// Generates a CA and a serving certificate valid for `names`.
-    pub fn generate(names: &[String]) -> Result<Self, TlsError> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-            KeyUsagePurpose,
-        };
-        let fail = |e: rcgen::Error| TlsError::Generate(e.to_string());
-        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "Tollgate self-signed CA");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let ca_key = KeyPair::generate().map_err(fail)?;
-        let ca_cert = ca.self_signed(&ca_key).map_err(fail)?;
-
-        let mut leaf = CertificateParams::new(names.to_vec()).map_err(fail)?;
-        leaf.distinguished_name.push(DnType::CommonName, "tollgate");
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        let leaf_key = KeyPair::generate().map_err(fail)?;
-        let issuer = Issuer::new(ca, ca_key);
-        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(fail)?;
-        Ok(Self { ca_pem: ca_cert.pem(), cert_pem: leaf_cert.pem(), key_pem: leaf_key.serialize_pem() })
-    }
-}
-
 fn write_ca(path: &Path, pem: &str) -> Result<(), TlsError> {
     let fail =
         |e: io::Error| TlsError::File { file: path.to_path_buf(), reason: format!("cannot write the CA bundle: {e}") };
@@ -188,7 +257,12 @@ fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn certified_key(cert_pem: &str, key_pem: &str, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+/// A certificate chain and key (PEM) as rustls serves them.
+pub(crate) fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
     let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -204,16 +278,6 @@ fn load_files(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Cert
         file: cert.to_path_buf(),
         reason: format!("certificate and key {} do not belong together: {e}", key.display()),
     })
-}
-
-/// Serves one certificate for ever.
-#[derive(Debug)]
-struct StaticCert(Arc<CertifiedKey>);
-
-impl ResolvesServerCert for StaticCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
 }
 
 /// Identity of a file's current content, following symlinks: a rotation by
@@ -246,6 +310,13 @@ impl ReloadingCert {
     }
 }
 
+impl ReloadingCert {
+    /// The chain loaded now.
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).2.cert.clone()
+    }
+}
+
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let stamps = (Stamp::of(&self.cert), Stamp::of(&self.key));
@@ -273,9 +344,23 @@ impl ResolvesServerCert for ReloadingCert {
 mod tests {
     use super::*;
 
+    /// A self-signed certificate and its key, PEM.
+    struct SelfSigned {
+        cert_pem: String,
+        key_pem: String,
+    }
+
+    impl SelfSigned {
+        fn generate(names: &[&str]) -> Self {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let made = rcgen::generate_simple_self_signed(names).unwrap();
+            Self { cert_pem: made.cert.pem(), key_pem: made.signing_key.serialize_pem() }
+        }
+    }
+
     #[test]
     fn a_generated_certificate_loads_and_broken_files_say_which() {
-        let generated = SelfSigned::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let generated = SelfSigned::generate(&["localhost", "127.0.0.1"]);
         certified_key(&generated.cert_pem, &generated.key_pem, &provider()).unwrap();
 
         let dir = tempfile::tempdir().unwrap();
@@ -286,7 +371,7 @@ mod tests {
         let err = load_files(&cert, &key, &provider()).unwrap_err().to_string();
         assert!(err.contains("tls.crt") && err.contains("no CERTIFICATE"), "{err}");
 
-        let other = SelfSigned::generate(&["localhost".into()]).unwrap();
+        let other = SelfSigned::generate(&["localhost"]);
         std::fs::write(&cert, &generated.cert_pem).unwrap();
         std::fs::write(&key, &other.key_pem).unwrap();
         let err = load_files(&cert, &key, &provider()).unwrap_err().to_string();

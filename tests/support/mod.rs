@@ -14,6 +14,8 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod apiserver;
+
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
@@ -90,11 +92,30 @@ impl Server {
 
     /// Like [`Server::start`], with the compiled-code cache in `cache`.
     pub fn start_with_cache(plugins: &Path, cache: Option<&Path>, args: &[&str]) -> Server {
+        Self::launch(None, plugins, cache, args)
+    }
+
+    /// Like [`Server::start`], run in the working directory `cwd`, so that
+    /// `plugins` may be relative to it.
+    pub fn start_in(cwd: &Path, plugins: &Path, args: &[&str]) -> Server {
+        Self::launch(Some(cwd), plugins, None, args)
+    }
+
+    fn launch(cwd: Option<&Path>, plugins: &Path, cache: Option<&Path>, args: &[&str]) -> Server {
         let scratch = tempfile::tempdir().expect("temp dir");
         let cache = cache.map(Path::to_path_buf).unwrap_or_else(|| scratch.path().join("cache"));
         let ca_file = scratch.path().join("ca.pem");
-        let mut child = Command::new(TOLLGATE)
-            .arg("serve")
+        let mut command = Command::new(TOLLGATE);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        command.arg("serve");
+        // Each server keeps its generated CA in a state directory of its
+        // own, unless the test names one.
+        if !args.contains(&"--state-dir") {
+            command.arg("--state-dir").arg(scratch.path().join("state"));
+        }
+        let mut child = command
             .arg("--plugins")
             .arg(plugins)
             .args(["--admission-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])

@@ -28,7 +28,11 @@ async fn main() {
     let ca_out = args.next().unwrap_or_else(|| "/tmp/native-ca.pem".into());
     let policy = Arc::new(native_pod::Policy::shipped());
     let tls = tollgate::tls::server_config(&TlsOptions {
-        cert: CertSource::SelfSigned { names: vec!["localhost".into(), "127.0.0.1".into()], ca_out: ca_out.into() },
+        cert: CertSource::Generated {
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+            state_dir: std::env::temp_dir().join("native-baseline-state"),
+            ca_out: Some(ca_out.into()),
+        },
         client_ca: None,
     })
     .expect("tls");
@@ -38,7 +42,7 @@ async fn main() {
     serve(
         "native",
         listener,
-        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        Some(tokio_rustls::TlsAcceptor::from(tls.config)),
         move |req: hyper::Request<hyper::body::Incoming>, _peer| {
             let policy = policy.clone();
             async move {

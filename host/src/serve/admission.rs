@@ -1,14 +1,16 @@
 //! The admission listener's requests: `POST <plugin path>` with an
 //! AdmissionReview, plus `/healthz` and `/readyz`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::{self, Request as ReviewRequest};
 use crate::contract::types;
@@ -17,20 +19,86 @@ use crate::metrics::{DecisionLabels, FailureLabels, PluginLabels, RejectLabels};
 use crate::plugin::Plugin;
 use crate::serve::listener::text;
 use crate::state::HostState;
+use crate::throttle::Throttle;
 
-/// The API server never sends more than 3 MiB; neither do we accept more.
-pub const MAX_BODY_BYTES: usize = 3 << 20;
-const TOO_LARGE: &str = "body is larger than the 3 MiB the API server may send";
+const MIB: usize = 1 << 20;
+
+/// The largest object the API server stores: etcd refuses requests over its
+/// `--max-request-bytes`, 1.5 MiB by default, which the Kubernetes docs
+/// give as the object size limit.
+pub const MAX_STORED_OBJECT: usize = 3 * MIB / 2;
+
+/// Default cap on a review's body: an UPDATE carries the object and its old
+/// version, each as JSON in which the API server (Go's encoding/json)
+/// writes `<`, `>`, `&`, control characters and invalid UTF-8 as 6-byte
+/// `\u00XX` escapes, so each byte of a stored object can take 6:
+/// 2 × 6 × 1.5 MiB = 18 MiB, plus 1 MiB for the rest of the review (user,
+/// kinds, options) = 19 MiB. A 900 KB ConfigMap of markup is a 10.8 MB review.
+pub const DEFAULT_MAX_REVIEW_BYTES: usize = 2 * 6 * MAX_STORED_OBJECT + MIB;
+
+/// Default budget for review bodies held in memory at once, across all
+/// requests: thirteen reviews of the largest size.
+pub const DEFAULT_REVIEW_MEMORY_BYTES: usize = 256 * MIB;
+
+/// Budget permits are KiB, so a 256 MiB budget fits a semaphore's count.
+const PERMIT_BYTES: usize = 1024;
+
+/// How big reviews may be, alone and together.
+#[derive(Debug, Clone)]
+pub struct ReviewLimits {
+    /// Cap on one review's body (413 past it).
+    pub max_bytes: usize,
+    /// Bodies being read or answered hold their size of this (KiB permits);
+    /// a request that cannot get its share before its deadline gets 503.
+    budget: Arc<Semaphore>,
+}
+
+impl ReviewLimits {
+    /// A cap of `max_bytes` per review and `memory_bytes` for all reviews
+    /// in memory at once. The budget must hold at least one largest review.
+    pub fn new(max_bytes: usize, memory_bytes: usize) -> Result<Self, String> {
+        if memory_bytes < max_bytes {
+            return Err(format!(
+                "the memory budget for reviews ({} MiB) must hold at least one review of the largest size ({} MiB)",
+                memory_bytes / MIB,
+                max_bytes / MIB
+            ));
+        }
+        Ok(Self { max_bytes, budget: Arc::new(Semaphore::new(memory_bytes.div_ceil(PERMIT_BYTES))) })
+    }
+
+    /// The message of a 413.
+    fn too_large(&self) -> String {
+        format!("body is larger than the {} MiB cap on an AdmissionReview (--max-review-mib)", self.max_bytes / MIB)
+    }
+}
+
+impl Default for ReviewLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_REVIEW_BYTES,
+            budget: Arc::new(Semaphore::new(DEFAULT_REVIEW_MEMORY_BYTES / PERMIT_BYTES)),
+        }
+    }
+}
+
+/// Oversized reviews are logged at warn, a few per window: the API server
+/// repeats a write that fails this way.
+static TOO_LARGE_LOG: Throttle = Throttle::new(10);
 
 /// Answers one request on the admission listener.
-pub async fn handle(state: Arc<HostState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(
+    state: Arc<HostState>,
+    limits: Arc<ReviewLimits>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => return text(200, "ok"),
-        "/readyz" if state.is_ready() => return text(200, "ready"),
-        "/readyz" => return text(503, "loading plugins"),
+        "/readyz" => return super::readyz(&state, req.uri().query()),
         _ => {}
     }
-    let plugin = match admissible(&state, &req) {
+    let plugin = match admissible(&state, &limits, peer, &req) {
         Ok(plugin) => plugin,
         Err(rejection) => {
             // Read what the client sends (up to the cap) before answering.
@@ -39,17 +107,25 @@ pub async fn handle(state: Arc<HostState>, req: Request<Incoming>) -> Response<F
             // (Debian 12's, which operators debug with) then reports error
             // 92 and drops the status and the reason.
             if rejection.status() != 413 {
-                let _ = Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await;
+                let _ = Limited::new(req.into_body(), limits.max_bytes).collect().await;
             }
             return *rejection;
         }
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return reject(&state, 413, "too_large", TOO_LARGE);
+    let (body, _held) = match read_body(req.into_body(), &limits, plugin.call_deadline()).await {
+        Ok(read) => read,
+        Err(BodyError::TooLarge(size)) => return too_large(&state, &limits, &plugin, peer, size),
+        Err(BodyError::Busy) => {
+            return reject(
+                &state,
+                503,
+                "busy",
+                "too many large reviews in memory at once (--max-review-memory-mib); try again",
+            );
         }
-        Err(error) => return reject(&state, 400, "bad_body", &format!("could not read the body: {error}")),
+        Err(BodyError::Read(error)) => {
+            return reject(&state, 400, "bad_body", &format!("could not read the body: {error}"));
+        }
     };
     let review = match admission::parse_review(&body) {
         Ok(review) => review,
@@ -59,7 +135,79 @@ pub async fn handle(state: Arc<HostState>, req: Request<Incoming>) -> Response<F
         Ok(request) => request,
         Err(error) => return reject(&state, 400, "bad_review", &error.to_string()),
     };
+    // The body's share of the budget (`_held`) is released once answered:
+    // the parsed review and the plugin's copy live until then.
     decide(&state, plugin, &review, request).await
+}
+
+/// Why a body was not read.
+enum BodyError {
+    /// Past the cap; the size read (or declared) so far.
+    TooLarge(usize),
+    /// The memory budget had no room before the deadline.
+    Busy,
+    /// The connection failed mid-body.
+    Read(hyper::Error),
+}
+
+/// Reads a body up to the cap, taking its size from the memory budget as it
+/// arrives (waiting up to `deadline` for room), and returns it with the
+/// share it holds.
+async fn read_body(
+    mut body: Incoming,
+    limits: &ReviewLimits,
+    deadline: Duration,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
+    let give_up = tokio::time::Instant::now() + deadline;
+    let mut bytes = BytesMut::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else { continue };
+        if bytes.len() + data.len() > limits.max_bytes {
+            return Err(BodyError::TooLarge(bytes.len() + data.len()));
+        }
+        bytes.extend_from_slice(&data);
+        let wanted = bytes.len().div_ceil(PERMIT_BYTES);
+        let have = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        if wanted > have {
+            // Bounded by the cap, which is checked against the budget's size.
+            let more = u32::try_from(wanted - have).map_err(|_| BodyError::TooLarge(bytes.len()))?;
+            let permit = match limits.budget.clone().try_acquire_many_owned(more) {
+                Ok(permit) => permit,
+                Err(_) => tokio::time::timeout_at(give_up, limits.budget.clone().acquire_many_owned(more))
+                    .await
+                    .map_err(|_| BodyError::Busy)?
+                    .map_err(|_| BodyError::Busy)?,
+            };
+            match &mut held {
+                Some(held) => held.merge(permit),
+                None => held = Some(permit),
+            }
+        }
+    }
+    Ok((bytes.freeze(), held))
+}
+
+/// The 413 answer, logged (throttled) with the plugin, size and peer: the
+/// API server shows the user only "the server responded with the status code 413".
+fn too_large(
+    state: &HostState,
+    limits: &ReviewLimits,
+    plugin: &Plugin,
+    peer: SocketAddr,
+    size: usize,
+) -> Response<Full<Bytes>> {
+    if let Some(suppressed) = TOO_LARGE_LOG.admit() {
+        tracing::warn!(
+            plugin = plugin.name(),
+            %peer,
+            size_bytes = size,
+            cap_bytes = limits.max_bytes,
+            suppressed,
+            "admission review refused with 413: larger than --max-review-mib"
+        );
+    }
+    reject(state, 413, "too_large", &limits.too_large())
 }
 
 /// Runs the plugin, bounded by the instance permits, and turns its verdict,
@@ -137,7 +285,12 @@ async fn decide(
 
 /// The plugin for the request's path, or the refusal of a request that no
 /// plugin can take, decided from its head alone.
-fn admissible(state: &HostState, req: &Request<Incoming>) -> Result<Arc<Plugin>, Box<Response<Full<Bytes>>>> {
+fn admissible(
+    state: &HostState,
+    limits: &ReviewLimits,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Result<Arc<Plugin>, Box<Response<Full<Bytes>>>> {
     let registry = state.registry();
     let Some(plugin) = registry.by_admission_path(req.uri().path()).cloned() else {
         return Err(Box::new(reject(state, 404, "not_found", "no admission plugin serves this path")));
@@ -151,8 +304,8 @@ fn admissible(state: &HostState, req: &Request<Incoming>) -> Result<Arc<Plugin>,
         return Err(Box::new(reject(state, 415, "media_type", "Content-Type must be application/json")));
     }
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-        return Err(Box::new(reject(state, 413, "too_large", TOO_LARGE)));
+    if let Some(len) = declared.filter(|len| *len > limits.max_bytes) {
+        return Err(Box::new(too_large(state, limits, &plugin, peer, len)));
     }
     Ok(plugin)
 }

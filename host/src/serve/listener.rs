@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::throttle::Throttle;
+
 /// Listening sockets on one address, each served by its own thread.
 pub struct EventLoops {
     listeners: Vec<std::net::TcpListener>,
@@ -182,11 +184,13 @@ pub async fn serve<H, F, B>(
                                 watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
                             }
                             Ok(Err(error)) => {
-                                tracing::debug!(listener = name, %peer, %error, "TLS handshake failed");
+                                handshake_failed(name, peer, &error);
                                 return;
                             }
                             Err(_) => {
-                                tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                                if let Some(suppressed) = HANDSHAKE_LOG.admit() {
+                                    tracing::warn!(listener = name, %peer, suppressed, "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; connection closed");
+                                }
                                 return;
                             }
                         },
@@ -207,6 +211,52 @@ pub async fn serve<H, F, B>(
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = name, "in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
     }
+}
+
+/// Failed handshakes are logged at warn, a few per window: a client with a
+/// stale caBundle retries every request.
+static HANDSHAKE_LOG: Throttle = Throttle::new(10);
+
+/// Logs a failed TLS handshake with the peer and the likely cause in words.
+/// A client that only opened and closed the connection (a TCP probe, a port
+/// scan) is logged at debug.
+fn handshake_failed(listener: &'static str, peer: SocketAddr, error: &std::io::Error) {
+    let Some(cause) = handshake_cause(error) else {
+        tracing::debug!(listener, %peer, %error, "connection closed during the TLS handshake");
+        return;
+    };
+    if let Some(suppressed) = HANDSHAKE_LOG.admit() {
+        tracing::warn!(listener, %peer, %error, suppressed, "TLS handshake failed: {cause}");
+    }
+}
+
+/// What a handshake error means for the operator, or `None` when the client
+/// just went away.
+fn handshake_cause(error: &std::io::Error) -> Option<&'static str> {
+    use rustls::AlertDescription as Alert;
+    use std::io::ErrorKind;
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+        return match error.kind() {
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => None,
+            _ => Some("the connection failed"),
+        };
+    };
+    Some(match tls {
+        rustls::Error::AlertReceived(Alert::UnknownCA | Alert::BadCertificate | Alert::CertificateUnknown) => {
+            "the client does not trust this server's certificate (is its CA bundle, or the webhook's caBundle, \
+             the CA that signed it?)"
+        }
+        rustls::Error::AlertReceived(_) => "the client ended the handshake",
+        rustls::Error::NoCertificatesPresented => {
+            "the client presented no certificate, and --client-ca requires one signed by that CA"
+        }
+        rustls::Error::InvalidCertificate(_) => "the client's certificate is not one --client-ca accepts",
+        rustls::Error::InvalidMessage(_) => "the client does not speak TLS (plain HTTP to the HTTPS port?)",
+        rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol => {
+            "the client and this server share no TLS version, cipher suite or protocol"
+        }
+        _ => "TLS error",
+    })
 }
 
 fn tls_facts(session: &rustls::ServerConnection) -> TlsFacts {
