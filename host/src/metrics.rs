@@ -37,7 +37,7 @@ pub struct FailureLabels {
 /// A request answered before any plugin ran.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
-    /// not_found, method, media_type, too_large, bad_body, bad_review.
+    /// not_found, method, media_type, too_large, busy, bad_body, bad_review.
     pub reason: &'static str,
 }
 
@@ -127,6 +127,10 @@ pub struct Metrics {
     pub plugin_rescans: Counter,
     /// Attempts to apply webhook configurations to the cluster.
     pub webhook_syncs: Family<SyncLabels, Counter>,
+    /// 1 while the latest webhook sync succeeded, 0 once one failed.
+    pub webhook_sync_healthy: Gauge,
+    /// When the latest webhook sync succeeded (Unix seconds).
+    pub webhook_sync_last_success: Gauge,
     /// Gateway requests answered, by route and status.
     pub gateway_requests: Family<RouteStatusLabels, Counter>,
     /// Time to answer a gateway request (to the response head), by route.
@@ -155,6 +159,8 @@ impl Default for Metrics {
         let plugin_changes = Family::<ChangeLabels, Counter>::default();
         let plugin_rescans = Counter::default();
         let webhook_syncs = Family::<SyncLabels, Counter>::default();
+        let webhook_sync_healthy = Gauge::default();
+        let webhook_sync_last_success = Gauge::default();
         let gateway_requests = Family::<RouteStatusLabels, Counter>::default();
         let gateway_seconds: RouteHistogramFamily = Family::new_with_constructor(latency_histogram);
         let gateway_decisions = Family::<GatewayDecisionLabels, Counter>::default();
@@ -168,6 +174,16 @@ impl Default for Metrics {
         registry.register("plugin_changes", "Plugins added, swapped or removed while serving", plugin_changes.clone());
         registry.register("plugin_rescans", "Rescans of the plugin directory", plugin_rescans.clone());
         registry.register("webhook_syncs", "Attempts to apply webhook configurations", webhook_syncs.clone());
+        registry.register(
+            "webhook_sync_healthy",
+            "1 while the latest webhook sync succeeded, 0 after a failure",
+            webhook_sync_healthy.clone(),
+        );
+        registry.register(
+            "webhook_sync_last_success_timestamp_seconds",
+            "When the latest webhook sync succeeded",
+            webhook_sync_last_success.clone(),
+        );
         registry.register("gateway_requests", "Gateway requests answered", gateway_requests.clone());
         registry.register("gateway_seconds", "Time to answer a gateway request", gateway_seconds.clone());
         registry.register("gateway_decisions", "Decisions of gateway plugins", gateway_decisions.clone());
@@ -183,6 +199,8 @@ impl Default for Metrics {
             plugin_changes,
             plugin_rescans,
             webhook_syncs,
+            webhook_sync_healthy,
+            webhook_sync_last_success,
             gateway_requests,
             gateway_seconds,
             gateway_decisions,
@@ -191,7 +209,27 @@ impl Default for Metrics {
     }
 }
 
+/// The metrics webhook sync updates (clones share the values).
+#[derive(Clone, Debug)]
+pub struct SyncMetrics {
+    /// Attempts, by result.
+    pub syncs: Family<SyncLabels, Counter>,
+    /// 1 while the latest attempt succeeded.
+    pub healthy: Gauge,
+    /// Unix seconds of the latest success.
+    pub last_success: Gauge,
+}
+
 impl Metrics {
+    /// What webhook sync updates.
+    pub fn sync(&self) -> SyncMetrics {
+        SyncMetrics {
+            syncs: self.webhook_syncs.clone(),
+            healthy: self.webhook_sync_healthy.clone(),
+            last_success: self.webhook_sync_last_success.clone(),
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -105,8 +105,89 @@ impl HostState {
         self.metrics.plugin_loads.get_or_create(&LoadLabels { result: "refused" }).inc_by(refused as u64);
     }
 
-    /// True once the plugins have been loaded.
+    /// True once the plugins have been loaded and, when syncing webhooks,
+    /// a sync has succeeded.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.readiness().ready()
+    }
+
+    /// Each readiness check and its result, as `/readyz` shows them.
+    ///
+    /// A host whose webhook sync never succeeded is not ready (a refused
+    /// token, missing RBAC, an unreachable API server at start): a rollout
+    /// of it stops instead of replacing replicas that work. Once a sync has
+    /// succeeded, later failures do not take the host out of its Service:
+    /// what was registered keeps being served, and the failure shows in the
+    /// check's detail, the log and `tollgate_webhook_sync_healthy`.
+    pub fn readiness(&self) -> Readiness {
+        let mut checks = vec![Check {
+            name: "plugins",
+            ok: self.ready.load(Ordering::Acquire),
+            detail: if self.ready.load(Ordering::Acquire) { "loaded".into() } else { "loading plugins".into() },
+        }];
+        if let Some(sync) = self.sync.get() {
+            let status = sync.health().status();
+            let (ok, detail) = match (status.ever_applied, status.error) {
+                (true, None) => (true, "applied".to_string()),
+                (true, Some(error)) => {
+                    (true, format!("latest attempt failed, registered configuration unchanged: {error}"))
+                }
+                (false, Some(error)) => (false, format!("never applied: {error}")),
+                (false, None) => (false, "first sync under way".to_string()),
+            };
+            checks.push(Check { name: "webhook-sync", ok, detail });
+        }
+        Readiness { checks }
+    }
+
+    /// How webhook sync goes, when syncing.
+    pub fn sync_status(&self) -> Option<crate::sync::SyncStatus> {
+        self.sync.get().map(|sync| sync.health().status())
+    }
+}
+
+/// The readiness checks of a host.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    /// Each check, in order.
+    pub checks: Vec<Check>,
+}
+
+/// One readiness check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// `plugins` or `webhook-sync`.
+    pub name: &'static str,
+    /// Whether it passes.
+    pub ok: bool,
+    /// What it found, in words.
+    pub detail: String,
+}
+
+impl Readiness {
+    /// True when every check passes.
+    pub fn ready(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    /// The `/readyz` body: `ready`, or the failing checks; with `verbose`
+    /// every check as the Kubernetes API server lists its own
+    /// (`[+]name ok`, `[-]name failed: reason`).
+    pub fn render(&self, verbose: bool) -> String {
+        if verbose {
+            let mut out = String::new();
+            for check in &self.checks {
+                let (mark, word) = if check.ok { ('+', "ok") } else { ('-', "failed") };
+                out.push_str(&format!("[{mark}]{} {word}: {}\n", check.name, check.detail));
+            }
+            out.push_str(if self.ready() { "readyz check passed" } else { "readyz check failed" });
+            return out;
+        }
+        if self.ready() {
+            return "ready".into();
+        }
+        let failing: Vec<String> =
+            self.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+        format!("not ready: {}", failing.join("; "))
     }
 }

@@ -96,6 +96,9 @@ pub struct ServingSummary<'a> {
     /// Files refused by the latest load or rescan; for a file whose older
     /// version is serving, this is why the new one is not.
     pub refused: &'a [RefusalSummary],
+    /// How webhook sync goes, when syncing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_sync: Option<crate::sync::SyncStatus>,
 }
 
 /// Human-readable text for a load report.

@@ -1,8 +1,21 @@
 //! Keeping the cluster's webhook configurations in step with the plugins
-//! serving (`tollgate serve --sync-webhooks`): whenever the set of admission
-//! plugins or their metadata changes, the generated configurations
-//! ([`crate::webhooks`]) are server-side applied under the field manager
-//! `tollgate`; a configuration with no entry left is deleted.
+//! serving (`tollgate serve --sync-webhooks`).
+//!
+//! The configurations Tollgate syncs are Tollgate's: after a sync they hold
+//! exactly the webhooks of the plugins that serve, whoever created or edited
+//! them. Each is server-side applied under the field manager `tollgate`
+//! (taking over fields others set); since server-side apply keeps the list
+//! entries another manager owns (`webhooks` is a map keyed by name), entries
+//! that are not Tollgate's are then removed with a JSON patch whose `test`
+//! operations guard each removal. A configuration with no entry left is
+//! deleted.
+//!
+//! The configurations are watched (LIST, then WATCH from its
+//! resourceVersion, by `metadata.name`): a change Tollgate did not write (a
+//! delete, an edit by another tool) is repaired at once. Failures are retried
+//! with backoff capped at [`MAX_BACKOFF`], and a watch that connects again
+//! after an outage retries at once, so the cluster converges within seconds
+//! of the API server's return.
 //!
 //! Ordering, so the API server never calls a path that does not answer:
 //! a plugin is registered only once it serves (the caller installs the new
@@ -10,28 +23,38 @@
 //! unregistered before it stops serving (the caller asks for the registry
 //! without it, waits for that to be applied, then swaps).
 //!
-//! One task applies the latest desired state; failures are logged, counted
-//! and retried with capped exponential backoff, and never stop the host. A
-//! newer desired state replaces the one being retried.
+//! Health ([`SyncHealth`]) feeds readiness and metrics: a host whose sync
+//! never succeeded is not ready, with the reason.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt as _;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use tokio::sync::watch;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::core::ClusterResourceScope;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-
-use crate::metrics::SyncLabels;
+use crate::metrics::SyncMetrics;
 use crate::registry::Registry;
+use crate::throttle::Throttle;
 use crate::webhooks::{self, GenerateError, MANAGER, WebhookConfigs, WebhookOptions};
 
 /// First retry delay; doubled after each failure up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest delay between retries.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest delay between retries: an API server that comes back is synced
+/// within this, even before the watch notices.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// Delay before listing again after a watch fails.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+/// A watch is ended by the API server after this and started again.
+const WATCH_SECONDS: u32 = 290;
+
+/// A failing sync repeats every few seconds: log it a few times per window.
+static FAILURE_LOG: Throttle = Throttle::new(2);
 
 /// Why syncing could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,21 +84,51 @@ struct Desired {
     configs: WebhookConfigs,
 }
 
+/// How syncing goes, for readiness, `/plugins` and metrics.
+#[derive(Debug, Default)]
+pub struct SyncHealth {
+    state: Mutex<SyncStatus>,
+}
+
+/// A snapshot of [`SyncHealth`].
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SyncStatus {
+    /// Some sync succeeded since the start.
+    pub ever_applied: bool,
+    /// The latest attempt failed, and why.
+    pub error: Option<String>,
+    /// When the latest successful sync ended.
+    #[serde(skip)]
+    pub last_success: Option<SystemTime>,
+}
+
+impl SyncHealth {
+    /// The current status.
+    pub fn status(&self) -> SyncStatus {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
 /// The handle the host keeps: ask for a registry to be registered, and wait
 /// until it is.
 pub struct WebhookSync {
     options: WebhookOptions,
     desired: watch::Sender<Desired>,
     applied: watch::Receiver<u64>,
+    health: Arc<SyncHealth>,
 }
 
 impl WebhookSync {
-    /// Builds the Kubernetes client and starts the task that applies
-    /// configurations. Nothing is applied until [`WebhookSync::want`].
+    /// Builds the Kubernetes client and starts the tasks that watch and
+    /// apply configurations. Nothing is applied until [`WebhookSync::want`].
     pub async fn start(
         cluster: ClusterConfig,
         options: WebhookOptions,
-        counter: Family<SyncLabels, Counter>,
+        metrics: SyncMetrics,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, SyncError> {
         options.check()?;
@@ -89,13 +142,37 @@ impl WebhookSync {
                     .map_err(|e| SyncError::Config(format!("{}: {e}", file.display())))?
             }
         };
-        tracing::info!(cluster = %config.cluster_url, config = %options.config_name, "syncing webhook configurations");
+        let cluster = config.cluster_url.to_string();
+        tracing::info!(%cluster, config = %options.config_name, "syncing webhook configurations");
         let client = kube::Client::try_from(config).map_err(|e| SyncError::Config(e.to_string()))?;
         let (desired, desired_rx) = watch::channel(Desired { generation: 0, configs: WebhookConfigs::default() });
         let (applied_tx, applied) = watch::channel(0);
-        let applier = Applier { client, config_name: options.config_name.clone(), counter, applied: applied_tx };
-        tokio::spawn(applier.run(desired_rx, shutdown));
-        Ok(Self { options, desired, applied })
+        let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+        let health = Arc::new(SyncHealth::default());
+        let name = options.config_name.clone();
+        tokio::spawn(watch_configuration::<ValidatingWebhookConfiguration>(
+            client.clone(),
+            name.clone(),
+            seen_tx.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(watch_configuration::<MutatingWebhookConfiguration>(
+            client.clone(),
+            name.clone(),
+            seen_tx,
+            shutdown.clone(),
+        ));
+        let applier = Applier {
+            client,
+            cluster,
+            config_name: name,
+            metrics,
+            applied: applied_tx,
+            health: health.clone(),
+            written: HashMap::new(),
+        };
+        tokio::spawn(applier.run(desired_rx, seen_rx, shutdown));
+        Ok(Self { options, desired, applied, health })
     }
 
     /// Asks for the configurations of `registry` to be applied. Returns the
@@ -129,85 +206,393 @@ impl WebhookSync {
         let mut applied = self.applied.clone();
         tokio::time::timeout(timeout, applied.wait_for(|done| *done >= generation)).await.is_ok_and(|r| r.is_ok())
     }
+
+    /// How syncing goes.
+    pub fn health(&self) -> &SyncHealth {
+        &self.health
+    }
 }
 
-/// The task that talks to the API server.
+/// Which of the two configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ConfigKind {
+    Validating,
+    Mutating,
+}
+
+/// What a watch saw of a configuration: its resourceVersion, or `None` when
+/// it does not exist.
+#[derive(Debug)]
+struct Seen {
+    kind: ConfigKind,
+    resource_version: Option<String>,
+}
+
+/// A webhook configuration type, as sync handles it.
+trait Configuration:
+    kube::Resource<DynamicType = (), Scope = ClusterResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: ConfigKind;
+}
+
+impl Configuration for ValidatingWebhookConfiguration {
+    const KIND: ConfigKind = ConfigKind::Validating;
+}
+
+impl Configuration for MutatingWebhookConfiguration {
+    const KIND: ConfigKind = ConfigKind::Mutating;
+}
+
+/// The task that writes to the API server.
 struct Applier {
     client: kube::Client,
+    cluster: String,
     config_name: String,
-    counter: Family<SyncLabels, Counter>,
+    metrics: SyncMetrics,
     applied: watch::Sender<u64>,
+    health: Arc<SyncHealth>,
+    /// The resourceVersion each configuration had after Tollgate's last
+    /// write (`None`: deleted); anything else seen was written by others.
+    written: HashMap<ConfigKind, Option<String>>,
 }
 
 impl Applier {
-    async fn run(self, mut desired: watch::Receiver<Desired>, mut shutdown: watch::Receiver<bool>) {
-        'wait: loop {
+    async fn run(
+        mut self,
+        mut desired: watch::Receiver<Desired>,
+        mut seen: mpsc::UnboundedReceiver<Seen>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut backoff = FIRST_BACKOFF;
+        // Something to apply, and when a failed attempt may be retried.
+        let (mut pending, mut retry_at): (bool, Option<Instant>) = (false, None);
+        loop {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                changed = desired.changed() => if changed.is_err() { return },
+                changed = desired.changed() => {
+                    if changed.is_err() { return }
+                    // A newer state is applied at once, instead of retrying the old one.
+                    (pending, retry_at, backoff) = (true, None, FIRST_BACKOFF);
+                }
+                Some(seen) = seen.recv() => {
+                    if pending {
+                        // The API server answers again: retry now, not at the
+                        // next backoff step.
+                        retry_at = None;
+                    } else if self.written.get(&seen.kind) != Some(&seen.resource_version) {
+                        tracing::info!(config = %self.config_name, kind = ?seen.kind, "webhook configuration changed by someone else; restoring it");
+                        pending = true;
+                    }
+                }
+                () = retry => retry_at = None,
                 _ = shutdown.changed() => return,
             }
-            let mut backoff = FIRST_BACKOFF;
-            loop {
-                let target = desired.borrow_and_update().clone();
-                match self.apply(&target.configs).await {
-                    Ok(()) => {
-                        self.count("applied");
-                        tracing::info!(generation = target.generation, webhooks = ?target.configs.webhook_names(), "webhook configurations applied");
-                        let _ = self.applied.send(target.generation);
-                        continue 'wait;
-                    }
-                    Err(error) => {
-                        self.count("failed");
-                        tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "cannot apply webhook configurations; retrying");
-                    }
+            if !pending || retry_at.is_some() || desired.borrow().generation == 0 {
+                continue;
+            }
+            let target = desired.borrow_and_update().clone();
+            match self.apply(&target.configs).await {
+                Ok(()) => {
+                    (pending, backoff) = (false, FIRST_BACKOFF);
+                    self.succeeded();
+                    tracing::info!(generation = target.generation, webhooks = ?target.configs.webhook_names(), "webhook configurations applied");
+                    let _ = self.applied.send(target.generation);
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    // A newer state is applied at once, instead of retrying the old one.
-                    changed = desired.changed() => if changed.is_err() { return },
-                    _ = shutdown.changed() => return,
+                Err(error) => {
+                    self.failed(&error, backoff);
+                    retry_at = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
 
-    async fn apply(&self, configs: &WebhookConfigs) -> Result<(), kube::Error> {
-        apply_or_delete(
-            Api::<ValidatingWebhookConfiguration>::all(self.client.clone()),
-            &self.config_name,
-            configs.validating.as_ref(),
-        )
-        .await?;
-        apply_or_delete(
-            Api::<MutatingWebhookConfiguration>::all(self.client.clone()),
-            &self.config_name,
-            configs.mutating.as_ref(),
-        )
-        .await
+    async fn apply(&mut self, configs: &WebhookConfigs) -> Result<(), String> {
+        let validating = self.apply_one(configs.validating.as_ref()).await?;
+        self.written.insert(ConfigKind::Validating, validating);
+        let mutating = self.apply_one(configs.mutating.as_ref()).await?;
+        self.written.insert(ConfigKind::Mutating, mutating);
+        Ok(())
     }
 
-    fn count(&self, result: &'static str) {
-        self.counter.get_or_create(&SyncLabels { result }).inc();
+    /// Makes the configuration of type `K` exactly `desired` (deleted when
+    /// `None`); returns its resourceVersion after Tollgate's writes.
+    async fn apply_one<K: Configuration>(&self, desired: Option<&K>) -> Result<Option<String>, String> {
+        let api = Api::<K>::all(self.client.clone());
+        let name = self.config_name.as_str();
+        let describe = |e: kube::Error| describe(&e, &self.cluster);
+        let Some(object) = desired else {
+            return match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => Ok(None),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+                Err(error) => Err(describe(error)),
+            };
+        };
+        // force: Tollgate owns these objects; take fields another manager set.
+        let applied = api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object)).await;
+        let applied = applied.map_err(describe)?;
+        let Some(operations) = foreign_parts(object, &applied) else {
+            return Ok(applied.meta().resource_version.clone());
+        };
+        let cleaned = api
+            .patch(name, &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &operations.patch)
+            .await
+            .map_err(describe)?;
+        tracing::info!(config = name, removed = ?operations.removed, "removed what another tool left in Tollgate's configuration");
+        Ok(cleaned.meta().resource_version.clone())
+    }
+
+    fn succeeded(&self) {
+        self.metrics.syncs.get_or_create(&crate::metrics::SyncLabels { result: "applied" }).inc();
+        self.metrics.healthy.set(1);
+        let now = SystemTime::now();
+        self.metrics.last_success.set(now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64));
+        self.health.update(|status| {
+            if status.error.take().is_some() {
+                tracing::info!("webhook sync works again");
+            }
+            status.ever_applied = true;
+            status.last_success = Some(now);
+        });
+    }
+
+    fn failed(&self, error: &str, retry_in: Duration) {
+        self.metrics.syncs.get_or_create(&crate::metrics::SyncLabels { result: "failed" }).inc();
+        self.metrics.healthy.set(0);
+        self.health.update(|status| status.error = Some(error.to_string()));
+        if let Some(suppressed) = FAILURE_LOG.admit() {
+            tracing::warn!(
+                error,
+                retry_in_ms = retry_in.as_millis() as u64,
+                suppressed,
+                "cannot apply webhook configurations; retrying"
+            );
+        }
     }
 }
 
-/// Server-side applies `object`, or deletes the object of that name when
-/// there is none (already gone is fine).
-async fn apply_or_delete<K>(api: Api<K>, name: &str, object: Option<&K>) -> Result<(), kube::Error>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    match object {
-        Some(object) => {
-            // force: Tollgate owns these objects; take fields another manager set.
-            api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object)).await?;
+/// What must go from an applied configuration so it holds exactly what
+/// Tollgate asked for, and the patch that removes it.
+struct Removal {
+    patch: Patch<()>,
+    /// What goes, for the log: `<webhook>` or `<webhook>.<field>`.
+    removed: Vec<String>,
+}
+
+/// Finds what other managers keep in the applied configuration (server-side
+/// apply leaves what they own): webhooks Tollgate does not serve, and, on
+/// Tollgate's own webhooks, top-level fields Tollgate leaves unset
+/// (`matchConditions`, selectors) that hold something. Server defaults
+/// (empty selectors) and fields inside Tollgate's fields (a `caBundle` an
+/// injector fills in `clientConfig`) stay.
+fn foreign_parts<K: Configuration>(desired: &K, applied: &K) -> Option<Removal> {
+    let entries = |object: &K| serde_json::to_value(object).ok()?.get("webhooks")?.as_array().cloned();
+    let wanted: HashMap<String, serde_json::Value> = entries(desired)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|entry| Some((entry.get("name")?.as_str()?.to_string(), entry)))
+        .collect();
+    let mut removals = Vec::new();
+    for (index, entry) in entries(applied).unwrap_or_default().iter().enumerate() {
+        let Some(name) = entry.get("name").and_then(|n| n.as_str()) else { continue };
+        let Some(ours) = wanted.get(name) else {
+            removals.push((index, name.to_string(), None));
+            continue;
+        };
+        let Some(fields) = entry.as_object() else { continue };
+        for (field, value) in fields {
+            let empty = value.is_null()
+                || value.as_object().is_some_and(|o| o.is_empty())
+                || value.as_array().is_some_and(|a| a.is_empty());
+            if ours.get(field).is_none() && !empty {
+                removals.push((index, name.to_string(), Some(field.clone())));
+            }
         }
-        None => match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(error) => return Err(error),
-        },
     }
-    Ok(())
+    (!removals.is_empty()).then(|| Removal {
+        removed: removals
+            .iter()
+            .map(|(_, name, field)| field.as_ref().map_or_else(|| name.clone(), |f| format!("{name}.{f}")))
+            .collect(),
+        patch: removal(&removals),
+    })
+}
+
+/// A JSON patch removing each (index, webhook name, field or the whole
+/// webhook), each guarded by a `test` of the webhook's name so a list
+/// changed meanwhile fails the patch instead of losing the wrong entry.
+/// From the last, so earlier indices stay valid.
+fn removal(parts: &[(usize, String, Option<String>)]) -> Patch<()> {
+    let operations = parts.iter().rev().flat_map(|(index, name, field)| {
+        let entry = format!("/webhooks/{index}");
+        let target = match field {
+            Some(field) => format!("{entry}/{}", field.replace('~', "~0").replace('/', "~1")),
+            None => entry.clone(),
+        };
+        [
+            serde_json::json!({"op": "test", "path": format!("{entry}/name"), "value": name}),
+            serde_json::json!({"op": "remove", "path": target}),
+        ]
+    });
+    let operations = serde_json::Value::Array(operations.collect());
+    // The operations above are well formed; an empty patch changes nothing.
+    Patch::Json(serde_json::from_value(operations).unwrap_or_default())
+}
+
+/// Watches the configuration `name` of type `K` and reports what it sees
+/// (after every LIST, and at each change), until shutdown.
+async fn watch_configuration<K: Configuration>(
+    client: kube::Client,
+    name: String,
+    seen: mpsc::UnboundedSender<Seen>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let api = Api::<K>::all(client);
+    // By name, which is also what the RBAC rule restricted to that name
+    // requires of list and watch.
+    let selector = format!("metadata.name={name}");
+    let report = |object: Option<&K>| {
+        let resource_version = object.and_then(|o| o.meta().resource_version.clone());
+        seen.send(Seen { kind: K::KIND, resource_version }).is_ok()
+    };
+    loop {
+        let watched = async {
+            let list = api.list(&ListParams::default().fields(&selector)).await?;
+            if !report(list.items.first()) {
+                return Ok(());
+            }
+            let from = list.metadata.resource_version.unwrap_or_default();
+            let events = api.watch(&WatchParams::default().fields(&selector).timeout(WATCH_SECONDS), &from).await?;
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                let reported = match event? {
+                    WatchEvent::Added(object) | WatchEvent::Modified(object) => report(Some(&object)),
+                    WatchEvent::Deleted(_) => report(None),
+                    WatchEvent::Bookmark(_) => true,
+                    // Expired (410 Gone) and the like: list again.
+                    WatchEvent::Error(status) => return Err(kube::Error::Api(status)),
+                };
+                if !reported {
+                    return Ok(());
+                }
+            }
+            Ok::<(), kube::Error>(())
+        };
+        tokio::select! {
+            result = watched => if let Err(error) = result {
+                tracing::debug!(config = %name, %error, "watching the webhook configuration failed; listing again");
+            },
+            _ = shutdown.changed() => return,
+        }
+        if seen.is_closed() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_RETRY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// A failed call in words: what the API server answered, or why it could
+/// not be reached, naming it.
+fn describe(error: &kube::Error, cluster: &str) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            let reason = if status.reason.is_empty() { String::new() } else { format!(" {}", status.reason) };
+            format!("the API server at {cluster} answered {}{reason}: {}", status.code, status.message)
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            format!("cannot reach the API server at {cluster}: {}", chain(error))
+        }
+        other => format!("talking to the API server at {cluster}: {}", chain(other)),
+    }
+}
+
+/// An error and its causes, each said once.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_entries_are_removed_from_the_last_each_after_a_test_of_its_name() {
+        let Patch::Json(patch) = removal(&[(1, "a.x.io".into(), None), (3, "b.x.io".into(), None)]) else { panic!() };
+        let ops = serde_json::to_value(&patch).unwrap();
+        assert_eq!(
+            ops,
+            serde_json::json!([
+                {"op": "test", "path": "/webhooks/3/name", "value": "b.x.io"},
+                {"op": "remove", "path": "/webhooks/3"},
+                {"op": "test", "path": "/webhooks/1/name", "value": "a.x.io"},
+                {"op": "remove", "path": "/webhooks/1"},
+            ])
+        );
+    }
+
+    #[test]
+    fn fields_others_set_on_tollgates_webhooks_go_but_defaults_and_injected_ca_stay() {
+        let config = |hooks: serde_json::Value| -> ValidatingWebhookConfiguration {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "tollgate"}, "webhooks": hooks})).unwrap()
+        };
+        let hook = |name: &str, extra: serde_json::Value| {
+            let mut hook = serde_json::json!({"name": name, "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                                              "clientConfig": {"url": "https://t:1/p"}});
+            hook.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            hook
+        };
+        let desired = config(serde_json::json!([hook("a.x.io", serde_json::json!({}))]));
+        let applied = config(serde_json::json!([
+            hook(
+                "a.x.io",
+                serde_json::json!({
+                "clientConfig": {"url": "https://t:1/p", "caBundle": "Y2E="},
+                "objectSelector": {},
+                "matchConditions": [{"name": "skip", "expression": "false"}]})
+            ),
+            hook("stale.x.io", serde_json::json!({})),
+        ]));
+        let removal = foreign_parts(&desired, &applied).unwrap();
+        assert_eq!(removal.removed, ["a.x.io.matchConditions", "stale.x.io"]);
+        assert!(foreign_parts(&desired, &desired).is_none());
+    }
+
+    #[test]
+    fn errors_name_the_api_server_and_say_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(io);
+        let text = describe(&kube::Error::Service(boxed), "https://10.0.0.1:6443/");
+        assert_eq!(
+            text,
+            "cannot reach the API server at https://10.0.0.1:6443/: ServiceError: Connection refused (os error 111)"
+        );
+        let status = kube::core::Status::failure("Unauthorized", "Unauthorized").with_code(401);
+        let text = describe(&kube::Error::Api(Box::new(status)), "https://k:6443/");
+        assert_eq!(text, "the API server at https://k:6443/ answered 401 Unauthorized: Unauthorized");
+    }
 }

@@ -26,12 +26,12 @@ pub const RESCAN_EVERY: Duration = Duration::from_secs(30);
 
 /// Why the directory cannot be watched.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot watch plugin directory {}: {source}", dir.display())]
+#[error("cannot watch plugin directory {}: {error}", dir.display())]
 pub struct WatchError {
     /// The directory.
     pub dir: PathBuf,
-    /// notify's error.
-    pub source: notify::Error,
+    /// notify's error (in the message, not a `source`, so it is printed once).
+    pub error: notify::Error,
 }
 
 /// A directory being watched; events queue up until [`DirWatch::run`].
@@ -52,8 +52,8 @@ pub fn start(dir: PathBuf) -> Result<DirWatch, WatchError> {
             let _ = tx.send(());
         }
     })
-    .map_err(|source| WatchError { dir: dir.clone(), source })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|source| WatchError { dir: dir.clone(), source })?;
+    .map_err(|error| WatchError { dir: dir.clone(), error })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|error| WatchError { dir: dir.clone(), error })?;
     Ok(DirWatch { dir, watcher, events })
 }
 

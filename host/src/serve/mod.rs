@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub sync: Option<SyncOptions>,
     /// The HTTP gateway, if it runs.
     pub gateway: Option<GatewayOptions>,
+    /// How large admission reviews may be, alone and together.
+    pub reviews: admission::ReviewLimits,
 }
 
 /// Where and how the gateway listens.
@@ -83,12 +85,14 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// A listener could not bind.
-    #[error("cannot listen on {addr}: {source}")]
+    // The I/O error is in the message and not a `source`: anyhow prints
+    // sources after the message, and the cause read twice.
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A thread for an event loop could not be started.
     #[error("cannot start an event-loop thread: {0}")]
@@ -120,7 +124,7 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     let gateway_loops = match &options.gateway {
         Some(gateway) => Some(
             EventLoops::bind(gateway.addr, gateway.threads.max(1))
-                .map_err(|source| ServeError::Bind { addr: gateway.addr, source })?,
+                .map_err(|error| ServeError::Bind { addr: gateway.addr, error })?,
         ),
         None => None,
     };
@@ -131,7 +135,8 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
 
     let runtime = Arc::new(Runtime::new(options.engine.clone())?);
     let state = Arc::new(HostState::new(options.engine.max_instances as usize));
-    let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&options.tls)?);
+    let serving_tls = tls::server_config(&options.tls)?;
+    let tls = tokio_rustls::TlsAcceptor::from(serving_tls.config.clone());
     let gateway = match &options.gateway {
         Some(gateway) => {
             let trusted = Cidrs::parse(&gateway.trusted_proxies)
@@ -156,10 +161,12 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     // Connect before serving, so a bad kubeconfig stops the start-up with
     // its reason instead of leaving webhooks silently unregistered.
     let sync = match options.sync {
-        Some(sync) => Some(
-            WebhookSync::start(sync.cluster, sync.webhooks, state.metrics.webhook_syncs.clone(), shutdown_rx.clone())
-                .await?,
-        ),
+        Some(mut sync) => {
+            // The webhooks must carry the CA this listener serves under,
+            // whatever the certificate's source; what cannot work stops here.
+            sync.webhooks.ca = serving_tls.registered_ca(&sync.webhooks.ca)?;
+            Some(WebhookSync::start(sync.cluster, sync.webhooks, state.metrics.sync(), shutdown_rx.clone()).await?)
+        }
         None => None,
     };
     let mut servers = tokio::task::JoinSet::new();
@@ -168,11 +175,12 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     // measured the same CPU per request and a worse tail (BENCHMARKS.md).
     tracing::info!(addr = %local(&admission_listener), "admission webhook listening (HTTPS)");
     let admission_state = state.clone();
+    let reviews = Arc::new(options.reviews.clone());
     servers.spawn(listener::serve(
         "admission",
         admission_listener,
         Some(tls.clone()),
-        move |req, _conn| admission::handle(admission_state.clone(), req),
+        move |req, conn| admission::handle(admission_state.clone(), reviews.clone(), conn.peer, req),
         shutdown_rx.clone(),
     ));
 
@@ -226,13 +234,17 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
             }
         }
     }
+    // The directory is resolved once: plugins are known by their file's
+    // path, so the first load and every rescan must name files alike (a
+    // relative --plugins once made the first rescan replace every plugin).
+    let plugin_dir = options.plugins.as_deref().map(reload::resolve_dir);
     // Watch before the first scan: a change made while it runs is then
     // picked up right after, instead of at the next periodic rescan.
-    let watching = match (&options.plugins, options.watch) {
-        (Some(dir), true) => Some(crate::watch::start(reload::watched_dir(dir))?),
+    let watching = match (&plugin_dir, options.watch) {
+        (Some(dir), true) => Some(crate::watch::start(dir.clone())?),
         _ => None,
     };
-    let (first, plugins) = (loader.clone(), options.plugins.clone());
+    let (first, plugins) = (loader.clone(), plugin_dir.clone());
     let report = tokio::task::spawn_blocking(move || match plugins {
         Some(dir) => first.load_dir(&dir),
         None => Ok(bundled::load(&first)),
@@ -262,7 +274,7 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     }
 
     if let Some(watching) = watching {
-        tracing::info!(dir = %options.plugins.as_deref().unwrap_or(std::path::Path::new("")).display(), "watching for plugin changes");
+        tracing::info!(dir = %plugin_dir.as_deref().unwrap_or(std::path::Path::new("")).display(), "watching for plugin changes");
         let watcher = watching.run(loader, state.clone(), shutdown_rx.clone());
         servers.spawn(async move {
             let _ = watcher.await;
@@ -277,11 +289,18 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|error| ServeError::Bind { addr, error })
 }
 
 fn local(listener: &TcpListener) -> String {
     listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// `/readyz`: 200 when every check passes, else 503; `?verbose` lists them.
+pub fn readyz(state: &HostState, query: Option<&str>) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let verbose = query.is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    let readiness = state.readiness();
+    listener::text(if readiness.ready() { 200 } else { 503 }, readiness.render(verbose))
 }
 
 /// `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
@@ -301,14 +320,14 @@ async fn metrics_endpoint(
             response
         }
         "/healthz" => text(200, "ok"),
-        "/readyz" if state.is_ready() => text(200, "ready"),
-        "/readyz" => text(503, "loading plugins"),
+        "/readyz" => readyz(&state, req.uri().query()),
         "/plugins" => {
             let registry = state.registry();
             let refused = state.refused();
             let status = summary::ServingSummary {
                 plugins: registry.iter().map(|p| summary::PluginSummary::from(p.as_ref())).collect(),
                 refused: refused.as_slice(),
+                webhook_sync: state.sync_status(),
             };
             match serde_json::to_string_pretty(&status) {
                 Ok(json) => {
