@@ -934,43 +934,63 @@ async fn an_update_of_a_large_object_fits_and_a_larger_body_is_refused_and_logge
 }
 
 #[tokio::test]
-async fn large_reviews_wait_for_room_in_the_memory_budget() {
+async fn large_reviews_wait_for_room_in_the_memory_budget_and_a_stalled_upload_gives_it_back() {
     let dir = tempfile::tempdir().unwrap();
+    // misbehave answers within 0.8 s (its timeout, 1 s, less a fifth),
+    // namespace-validation within 1.6 s.
     install(dir.path(), "cm", guests::MISBEHAVE, Some(r#"{"validate": "echo"}"#));
+    install_reference(dir.path(), "namespace-validation", guests::NAMESPACE_VALIDATION);
     let server =
         Server::start(dir.path(), &["--no-gateway", "--max-review-mib", "12", "--max-review-memory-mib", "12"]);
     let http = client(&server.ca(), None);
-    let url = server.url("/validate/misbehave");
+    let (short, long) = (server.url("/validate/misbehave"), server.url("/validate/namespace-validation"));
 
-    // A first review holds 11 MiB of the 12 while its upload goes on.
-    let (mut sender, stream) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(4);
-    let first = tokio::spawn({
-        let request = http.post(&url).header("content-type", "application/json").body(reqwest::Body::wrap(stream));
-        async move { request.send().await }
-    });
-    for _ in 0..11 {
-        sender.send_data(bytes::Bytes::from(vec![b' '; 1 << 20])).await.unwrap();
-    }
-    // Let the server read what was sent.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-
-    // A second review of 2 MiB finds no room before its deadline: 503.
+    // An upload that declares 11.5 MiB of the 12, sends 11 and stalls.
+    let stalled = |url: String| {
+        let (mut sender, stream) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(4);
+        // The declared length is taken from the budget as the head arrives.
+        let request = http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("content-length", (23 << 19).to_string())
+            .body(reqwest::Body::wrap(stream));
+        let answer = tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) });
+        let feeding = tokio::spawn(async move {
+            for _ in 0..11 {
+                sender.send_data(bytes::Bytes::from(vec![b' '; 1 << 20])).await.unwrap();
+            }
+            // Let the server read it (HTTP/2 flow control paces the sender).
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            sender // kept open: the upload stalls
+        });
+        (answer, feeding)
+    };
     let mut padded = vec![b' '; 2 << 20];
     padded.extend(serde_json::to_vec(&support::configmap_review("second")).unwrap());
-    let post = || http.post(&url).header("content-type", "application/json").body(padded.clone());
-    let refused = post().send().await.unwrap();
+    let post = |url: &str| http.post(url).header("content-type", "application/json").body(padded.clone()).send();
+
+    // Held past a waiter's deadline: the waiter gets 503, the stalled upload
+    // 408 at its own deadline, which gives its room back.
+    let (answer, feeding) = stalled(long.clone());
+    let _open = feeding.await.unwrap();
+    let refused = post(&short).await.unwrap();
     assert_eq!(refused.status(), 503);
     assert!(refused.text().await.unwrap().contains("--max-review-memory-mib"));
-
-    // The first review ends (JSON allows the leading blanks) and is
-    // answered; its room is given back, and the second now fits.
-    sender.send_data(serde_json::to_vec(&support::configmap_review("first")).unwrap().into()).await.unwrap();
-    drop(sender);
-    let answer: Value = first.await.unwrap().unwrap().json().await.unwrap();
-    assert_eq!(answer["response"]["uid"], "first");
-    let answer: Value = post().send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer.await.unwrap().unwrap(), 408, "a stalled upload ends at the deadline");
+    let answer: Value = post(&short).await.unwrap().json().await.unwrap();
     assert_eq!(answer["response"]["uid"], "second");
-    assert!(server.metrics_text().await.contains("tollgate_rejected_requests_total{reason=\"busy\"} 1"));
+
+    // Held less long than a waiter's deadline: the waiter gets the room
+    // when it is given back, and is answered.
+    let (answer, feeding) = stalled(short.clone());
+    let _open = feeding.await.unwrap();
+    let waited: Value = post(&long).await.unwrap().json().await.unwrap();
+    assert_eq!(waited["response"]["uid"], "second");
+    assert_eq!(answer.await.unwrap().unwrap(), 408);
+
+    let metrics = server.metrics_text().await;
+    assert!(metrics.contains("tollgate_rejected_requests_total{reason=\"busy\"} 1"), "{metrics}");
+    assert!(metrics.contains("tollgate_rejected_requests_total{reason=\"slow_body\"} 2"), "{metrics}");
 }
 
 /// Webhooks registered with the generated CA keep trusting Tollgate after a

@@ -266,7 +266,7 @@ fn a_built_plugin_and_its_shipped_settings_line_up_by_name() {
     let out = tollgate(&["inspect", dir.path().to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{stdout}");
-    assert!(stdout.contains("refused its settings (no settings file; looked for"), "{stdout}");
+    assert!(stdout.contains("refused its settings: ") && stdout.contains("(no settings file; looked for"), "{stdout}");
     assert!(stdout.contains("namespace_validation.settings.json, namespace-validation.settings.json"), "{stdout}");
 
     std::fs::copy(shipped_settings("namespace-validation"), dir.path().join("namespace-validation.settings.json"))

@@ -658,3 +658,28 @@ fn a_webhook_ca_that_cannot_vouch_for_the_listener_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/kubeconfig") && !stderr.contains("--ca-bundle"), "{stderr}");
 }
+
+/// `--ca-bundle` naming the generated CA's own file works from a fresh state
+/// directory, where that file does not exist yet, and registers that CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_bundle_naming_the_generated_ca_works_on_a_fresh_state_directory() {
+    let api = ApiServer::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    install_reference(plugins.path(), "namespace-validation", guests::NAMESPACE_VALIDATION);
+    let state = scratch.path().join("state");
+    let ca = state.join("ca.crt");
+    assert!(!ca.exists());
+    let kubeconfig = api.kubeconfig(scratch.path());
+    let (state, ca) = (state.to_str().unwrap(), ca.to_str().unwrap());
+    let server = Server::start(
+        plugins.path(),
+        &["--state-dir", state, "--ca-bundle", ca, "--sync-webhooks", "--kubeconfig", &kubeconfig],
+    );
+    until(&api, VALIDATING, "namespace-validation registered", |o| o.is_some()).await;
+    use base64::Engine as _;
+    let registered = api.object(VALIDATING).unwrap();
+    let bundle = registered["webhooks"][0]["clientConfig"]["caBundle"].as_str().expect("a caBundle");
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(bundle).unwrap(), std::fs::read(ca).unwrap());
+    assert_eq!(std::fs::read(ca).unwrap(), server.ca());
+}

@@ -42,6 +42,8 @@ use crate::tls::{TlsError, certified_key, signed_by};
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// How long a serving certificate is valid.
 pub const SERVING_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// No serving certificate is issued for less than this.
+const MIN_SERVING_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Warn at start when the CA has less than this left.
 const CA_WARN_BEFORE: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -103,7 +105,7 @@ impl GeneratedCa {
 
     /// Where the CA certificate is kept.
     pub fn ca_file(&self) -> PathBuf {
-        self.authority.dir.join(CA_CERT)
+        ca_file(&self.authority.dir)
     }
 
     /// The chain served now (leaf first).
@@ -179,6 +181,16 @@ impl Authority {
     fn issue(&self) -> Result<Serving, TlsError> {
         let fail = |e: rcgen::Error| TlsError::Generate(e.to_string());
         let now = SystemTime::now();
+        // A certificate cut short by the CA's end would be renewed ever more
+        // often; near its end, the CA must be replaced instead.
+        if self.ca_not_after < now + MIN_SERVING_LIFETIME {
+            return Err(TlsError::Generate(format!(
+                "the kept CA ({}) expires within {} days: replace it (remove ca.crt and ca.key, restart, register \
+                 the new caBundle)",
+                self.dir.join(CA_CERT).display(),
+                MIN_SERVING_LIFETIME.as_secs() / 86_400
+            )));
+        }
         let not_after = (now + SERVING_LIFETIME).min(self.ca_not_after);
         let mut leaf = CertificateParams::new(self.names.clone()).map_err(fail)?;
         leaf.distinguished_name.push(DnType::CommonName, "tollgate");
@@ -199,6 +211,11 @@ impl Authority {
     }
 }
 
+/// Where the CA certificate of state directory `dir` is kept.
+pub fn ca_file(dir: &Path) -> PathBuf {
+    dir.join(CA_CERT)
+}
+
 /// Two thirds into a certificate's life, as cert-manager renews by default.
 fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     let life = not_after.duration_since(not_before).unwrap_or_default();
@@ -209,6 +226,8 @@ fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
 struct CertFacts {
     not_before: SystemTime,
     not_after: SystemTime,
+    /// The subject public key's bits.
+    public_key: Vec<u8>,
     /// DNS names and IP addresses, sorted as text.
     names: Vec<String>,
 }
@@ -230,7 +249,12 @@ impl CertFacts {
             }
         }
         names.sort();
-        Ok(Self { not_before: time(cert.validity().not_before), not_after: time(cert.validity().not_after), names })
+        Ok(Self {
+            not_before: time(cert.validity().not_before),
+            not_after: time(cert.validity().not_after),
+            public_key: cert.public_key().subject_public_key.data.to_vec(),
+            names,
+        })
     }
 }
 
@@ -268,6 +292,9 @@ fn load_ca(dir: &Path, pem: &str, key: String) -> Result<(String, Issuer<'static
     };
     let facts = CertFacts::read(pem).map_err(&unusable)?;
     let key = KeyPair::from_pem(&key).map_err(|e| unusable(format!("{CA_KEY}: {e}")))?;
+    if facts.public_key != rcgen::PublicKeyData::der_bytes(&key) {
+        return Err(unusable(format!("{CA_KEY} is not the key of {CA_CERT}")));
+    }
     let issuer = Issuer::from_ca_cert_pem(pem, key).map_err(|e| unusable(e.to_string()))?;
     let now = SystemTime::now();
     if facts.not_after <= now {
@@ -348,7 +375,11 @@ fn lock(dir: &Path) -> Result<File, TlsError> {
 /// renamed, so a reader never sees half a file.
 fn write_private(path: &Path, text: &str) -> Result<(), TlsError> {
     let fail = |e: std::io::Error| TlsError::File { file: path.to_path_buf(), reason: format!("cannot write: {e}") };
-    let tmp = path.with_extension("tmp");
+    // One temporary name per file (ca.key and ca.crt must not share one),
+    // removed first: the mode applies only to a file being created.
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
     let mut file = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp).map_err(fail)?;
     file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)

@@ -159,7 +159,7 @@ pub enum Refusal {
     #[error("configure() {0}")]
     Configure(CallError),
     /// The plugin refused its settings.
-    #[error("refused its settings ({settings}): {message}")]
+    #[error("refused its settings: {message} ({settings})")]
     Settings {
         /// The plugin's own message.
         message: String,

@@ -337,7 +337,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<ExitCode> {
+fn serve(mut args: ServeArgs) -> Result<ExitCode> {
     let cert = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => CertSource::Files { cert, key },
         _ => CertSource::Generated {
@@ -349,6 +349,15 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             ca_out: args.ca_out,
         },
     };
+    // --ca-bundle naming the generated CA's own file (ca.crt, or the
+    // --ca-out copy) means that CA, which sync registers anyway; it may not
+    // exist yet on a first start, so it is not read.
+    if let CertSource::Generated { state_dir, ca_out, .. } = &cert
+        && let Some(bundle) = &args.webhooks.ca_bundle
+        && (Some(bundle) == ca_out.as_ref() || *bundle == tollgate::ca::ca_file(state_dir))
+    {
+        args.webhooks.ca_bundle = None;
+    }
     let reviews = ReviewLimits::new((args.max_review_mib as usize) << 20, (args.max_review_memory_mib as usize) << 20)
         .map_err(|reason| anyhow::anyhow!("--max-review-memory-mib: {reason}"))?;
     let options = ServeOptions {
@@ -391,17 +400,19 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
 /// $XDG_STATE_HOME/tollgate, else ~/.local/state/tollgate, else none: the
 /// XDG place for data that outlives a run but is not worth backing up.
 fn default_state_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))?;
-    Some(base.join("tollgate"))
+    xdg_dir("XDG_STATE_HOME", ".local/state")
 }
 
 /// $XDG_CACHE_HOME/tollgate, else ~/.cache/tollgate, else none.
 fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    xdg_dir("XDG_CACHE_HOME", ".cache")
+}
+
+/// `tollgate` under the XDG base directory `$var`, else under `~/<fallback>`.
+fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    let base = std::env::var_os(var)
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(fallback)))?;
     Some(base.join("tollgate"))
 }
 

@@ -37,7 +37,7 @@ pub struct FailureLabels {
 /// A request answered before any plugin ran.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
-    /// not_found, method, media_type, too_large, busy, bad_body, bad_review.
+    /// not_found, method, media_type, too_large, busy, slow_body, bad_body, bad_review.
     pub reason: &'static str,
 }
 

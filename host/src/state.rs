@@ -62,11 +62,19 @@ impl HostState {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Keeps the cluster's webhook configurations in step from now on, and
-    /// registers what serves now.
+    /// Keeps the cluster's webhook configurations in step from now on. Call
+    /// it before the first [`HostState::install`], so the host is never
+    /// reported ready without its sync check; what serves is registered by
+    /// [`HostState::register_serving`].
     pub fn sync_webhooks(&self, sync: WebhookSync) {
-        let sync = self.sync.get_or_init(|| sync);
-        sync.want(&self.registry());
+        let _ = self.sync.set(sync);
+    }
+
+    /// Registers the plugins serving now, when syncing.
+    pub fn register_serving(&self) {
+        if let Some(sync) = self.sync.get() {
+            sync.want(&self.registry());
+        }
     }
 
     /// Swaps in `next` like [`HostState::install`], keeping the webhook
@@ -128,7 +136,10 @@ impl HostState {
         if let Some(sync) = self.sync.get() {
             let status = sync.health().status();
             let (ok, detail) = match (status.ever_applied, status.error) {
-                (true, None) => (true, "applied".to_string()),
+                (true, None) => match status.watch_error {
+                    None => (true, "applied".to_string()),
+                    Some(error) => (true, format!("applied, but changes by others are not seen: {error}")),
+                },
                 (true, Some(error)) => {
                     (true, format!("latest attempt failed, registered configuration unchanged: {error}"))
                 }

@@ -55,6 +55,8 @@ const WATCH_SECONDS: u32 = 290;
 
 /// A failing sync repeats every few seconds: log it a few times per window.
 static FAILURE_LOG: Throttle = Throttle::new(2);
+/// A failing watch is retried every second: the same.
+static WATCH_FAILURE_LOG: Throttle = Throttle::new(2);
 
 /// Why syncing could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,9 @@ pub struct SyncStatus {
     pub ever_applied: bool,
     /// The latest attempt failed, and why.
     pub error: Option<String>,
+    /// Watching the configurations fails (changes by others are then
+    /// repaired only at the next plugin change), and why.
+    pub watch_error: Option<String>,
     /// When the latest successful sync ended.
     #[serde(skip)]
     pub last_success: Option<SystemTime>,
@@ -150,18 +155,10 @@ impl WebhookSync {
         let (seen_tx, seen_rx) = mpsc::unbounded_channel();
         let health = Arc::new(SyncHealth::default());
         let name = options.config_name.clone();
-        tokio::spawn(watch_configuration::<ValidatingWebhookConfiguration>(
-            client.clone(),
-            name.clone(),
-            seen_tx.clone(),
-            shutdown.clone(),
-        ));
-        tokio::spawn(watch_configuration::<MutatingWebhookConfiguration>(
-            client.clone(),
-            name.clone(),
-            seen_tx,
-            shutdown.clone(),
-        ));
+        let watcher =
+            Watcher { client: client.clone(), cluster: cluster.clone(), name: name.clone(), health: health.clone() };
+        tokio::spawn(watcher.clone().run::<ValidatingWebhookConfiguration>(seen_tx.clone(), shutdown.clone()));
+        tokio::spawn(watcher.run::<MutatingWebhookConfiguration>(seen_tx, shutdown.clone()));
         let applier = Applier {
             client,
             cluster,
@@ -258,9 +255,47 @@ struct Applier {
     metrics: SyncMetrics,
     applied: watch::Sender<u64>,
     health: Arc<SyncHealth>,
-    /// The resourceVersion each configuration had after Tollgate's last
-    /// write (`None`: deleted); anything else seen was written by others.
-    written: HashMap<ConfigKind, Option<String>>,
+    /// The resourceVersions each configuration had after Tollgate's writes
+    /// of its last sync (an apply and a clean-up are two; `None`: deleted);
+    /// anything else seen was written by others.
+    written: HashMap<ConfigKind, Vec<Option<String>>>,
+}
+
+/// Repairs that follow each other closely mean another writer keeps
+/// changing the configuration (a second replica with other plugins, a tool
+/// managing it): they are spaced out, so the two do not rewrite each other
+/// as fast as round trips allow.
+#[derive(Debug, Default)]
+struct Repairs {
+    /// Repairs each within [`REPAIR_QUIET`] of the one before.
+    in_a_row: u32,
+    last: Option<Instant>,
+}
+
+/// Repairs further apart than this are unrelated.
+const REPAIR_QUIET: Duration = Duration::from_secs(10);
+/// Repairs in a row made at once before they are spaced out.
+const REPAIRS_AT_ONCE: u32 = 3;
+/// The longest wait between repairs in a row.
+const MAX_REPAIR_DELAY: Duration = Duration::from_secs(30);
+
+impl Repairs {
+    /// How long to wait before the repair asked for now.
+    fn delay(&mut self, now: Instant) -> Duration {
+        self.in_a_row = match self.last {
+            Some(last) if now.duration_since(last) < REPAIR_QUIET => self.in_a_row + 1,
+            _ => 0,
+        };
+        self.last = Some(now);
+        let Some(beyond) = self.in_a_row.checked_sub(REPAIRS_AT_ONCE) else { return Duration::ZERO };
+        if beyond == 0 {
+            tracing::warn!(
+                "another writer keeps changing Tollgate's webhook configuration (a replica serving other plugins, \
+                 or a tool managing it); repairs are now spaced out"
+            );
+        }
+        (FIRST_BACKOFF * 2u32.saturating_pow(beyond.min(8))).min(MAX_REPAIR_DELAY)
+    }
 }
 
 impl Applier {
@@ -271,8 +306,10 @@ impl Applier {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut backoff = FIRST_BACKOFF;
-        // Something to apply, and when a failed attempt may be retried.
-        let (mut pending, mut retry_at): (bool, Option<Instant>) = (false, None);
+        let mut repairs = Repairs::default();
+        // Something to apply; whether the last attempt failed; when the next
+        // attempt may be made.
+        let (mut pending, mut failing, mut retry_at): (bool, bool, Option<Instant>) = (false, false, None);
         loop {
             let retry = async {
                 match retry_at {
@@ -287,13 +324,15 @@ impl Applier {
                     (pending, retry_at, backoff) = (true, None, FIRST_BACKOFF);
                 }
                 Some(seen) = seen.recv() => {
-                    if pending {
+                    if failing {
                         // The API server answers again: retry now, not at the
                         // next backoff step.
                         retry_at = None;
-                    } else if self.written.get(&seen.kind) != Some(&seen.resource_version) {
+                    } else if !pending && !self.wrote(&seen) {
                         tracing::info!(config = %self.config_name, kind = ?seen.kind, "webhook configuration changed by someone else; restoring it");
                         pending = true;
+                        let delay = repairs.delay(Instant::now());
+                        retry_at = (!delay.is_zero()).then(|| Instant::now() + delay);
                     }
                 }
                 () = retry => retry_at = None,
@@ -305,18 +344,24 @@ impl Applier {
             let target = desired.borrow_and_update().clone();
             match self.apply(&target.configs).await {
                 Ok(()) => {
-                    (pending, backoff) = (false, FIRST_BACKOFF);
+                    (pending, failing, backoff) = (false, false, FIRST_BACKOFF);
                     self.succeeded();
                     tracing::info!(generation = target.generation, webhooks = ?target.configs.webhook_names(), "webhook configurations applied");
                     let _ = self.applied.send(target.generation);
                 }
                 Err(error) => {
                     self.failed(&error, backoff);
+                    failing = true;
                     retry_at = Some(Instant::now() + backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
+    }
+
+    /// Whether Tollgate's own last sync left the configuration as `seen`.
+    fn wrote(&self, seen: &Seen) -> bool {
+        self.written.get(&seen.kind).is_some_and(|versions| versions.contains(&seen.resource_version))
     }
 
     async fn apply(&mut self, configs: &WebhookConfigs) -> Result<(), String> {
@@ -328,30 +373,31 @@ impl Applier {
     }
 
     /// Makes the configuration of type `K` exactly `desired` (deleted when
-    /// `None`); returns its resourceVersion after Tollgate's writes.
-    async fn apply_one<K: Configuration>(&self, desired: Option<&K>) -> Result<Option<String>, String> {
+    /// `None`); returns its resourceVersion after each of Tollgate's writes.
+    async fn apply_one<K: Configuration>(&self, desired: Option<&K>) -> Result<Vec<Option<String>>, String> {
         let api = Api::<K>::all(self.client.clone());
         let name = self.config_name.as_str();
         let describe = |e: kube::Error| describe(&e, &self.cluster);
         let Some(object) = desired else {
             return match api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => Ok(None),
-                Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+                Ok(_) => Ok(vec![None]),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(vec![None]),
                 Err(error) => Err(describe(error)),
             };
         };
         // force: Tollgate owns these objects; take fields another manager set.
         let applied = api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object)).await;
         let applied = applied.map_err(describe)?;
+        let applied_version = applied.meta().resource_version.clone();
         let Some(operations) = foreign_parts(object, &applied) else {
-            return Ok(applied.meta().resource_version.clone());
+            return Ok(vec![applied_version]);
         };
         let cleaned = api
             .patch(name, &PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &operations.patch)
             .await
             .map_err(describe)?;
         tracing::info!(config = name, removed = ?operations.removed, "removed what another tool left in Tollgate's configuration");
-        Ok(cleaned.meta().resource_version.clone())
+        Ok(vec![applied_version, cleaned.meta().resource_version.clone()])
     }
 
     fn succeeded(&self) {
@@ -451,58 +497,72 @@ fn removal(parts: &[(usize, String, Option<String>)]) -> Patch<()> {
     Patch::Json(serde_json::from_value(operations).unwrap_or_default())
 }
 
-/// Watches the configuration `name` of type `K` and reports what it sees
-/// (after every LIST, and at each change), until shutdown.
-async fn watch_configuration<K: Configuration>(
+/// Watches Tollgate's configurations and reports what it sees.
+#[derive(Clone)]
+struct Watcher {
     client: kube::Client,
+    cluster: String,
     name: String,
-    seen: mpsc::UnboundedSender<Seen>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let api = Api::<K>::all(client);
-    // By name, which is also what the RBAC rule restricted to that name
-    // requires of list and watch.
-    let selector = format!("metadata.name={name}");
-    let report = |object: Option<&K>| {
-        let resource_version = object.and_then(|o| o.meta().resource_version.clone());
-        seen.send(Seen { kind: K::KIND, resource_version }).is_ok()
-    };
-    loop {
-        let watched = async {
-            let list = api.list(&ListParams::default().fields(&selector)).await?;
-            if !report(list.items.first()) {
-                return Ok(());
-            }
-            let from = list.metadata.resource_version.unwrap_or_default();
-            let events = api.watch(&WatchParams::default().fields(&selector).timeout(WATCH_SECONDS), &from).await?;
-            let mut events = std::pin::pin!(events);
-            while let Some(event) = events.next().await {
-                let reported = match event? {
-                    WatchEvent::Added(object) | WatchEvent::Modified(object) => report(Some(&object)),
-                    WatchEvent::Deleted(_) => report(None),
-                    WatchEvent::Bookmark(_) => true,
-                    // Expired (410 Gone) and the like: list again.
-                    WatchEvent::Error(status) => return Err(kube::Error::Api(status)),
-                };
-                if !reported {
+    health: Arc<SyncHealth>,
+}
+
+impl Watcher {
+    /// Watches the configuration of type `K` and reports what it sees (after
+    /// every LIST, and at each change), until shutdown.
+    async fn run<K: Configuration>(self, seen: mpsc::UnboundedSender<Seen>, mut shutdown: watch::Receiver<bool>) {
+        let api = Api::<K>::all(self.client.clone());
+        // By name, which is also what the RBAC rule restricted to that name
+        // requires of list and watch.
+        let selector = format!("metadata.name={}", self.name);
+        let report = |object: Option<&K>| {
+            let resource_version = object.and_then(|o| o.meta().resource_version.clone());
+            seen.send(Seen { kind: K::KIND, resource_version }).is_ok()
+        };
+        loop {
+            let watched = async {
+                let list = api.list(&ListParams::default().fields(&selector)).await?;
+                self.health.update(|status| status.watch_error = None);
+                if !report(list.items.first()) {
                     return Ok(());
                 }
+                let from = list.metadata.resource_version.unwrap_or_default();
+                let params = WatchParams::default().fields(&selector).timeout(WATCH_SECONDS);
+                let mut events = std::pin::pin!(api.watch(&params, &from).await?);
+                while let Some(event) = events.next().await {
+                    let reported = match event? {
+                        WatchEvent::Added(object) | WatchEvent::Modified(object) => report(Some(&object)),
+                        WatchEvent::Deleted(_) => report(None),
+                        WatchEvent::Bookmark(_) => true,
+                        // Expired (410 Gone) and the like: list again.
+                        WatchEvent::Error(status) if status.code == 410 => return Ok(()),
+                        WatchEvent::Error(status) => return Err(kube::Error::Api(status)),
+                    };
+                    if !reported {
+                        return Ok(());
+                    }
+                }
+                Ok::<(), kube::Error>(())
+            };
+            tokio::select! {
+                result = watched => if let Err(error) = result { self.failed(&error) },
+                _ = shutdown.changed() => return,
             }
-            Ok::<(), kube::Error>(())
-        };
-        tokio::select! {
-            result = watched => if let Err(error) = result {
-                tracing::debug!(config = %name, %error, "watching the webhook configuration failed; listing again");
-            },
-            _ = shutdown.changed() => return,
+            if seen.is_closed() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_RETRY) => {}
+                _ = shutdown.changed() => return,
+            }
         }
-        if seen.is_closed() {
-            return;
+    }
+
+    fn failed(&self, error: &kube::Error) {
+        let error = describe(error, &self.cluster);
+        if let Some(suppressed) = WATCH_FAILURE_LOG.admit() {
+            tracing::warn!(config = %self.name, error, suppressed, "cannot watch the webhook configuration (changes others make are not repaired meanwhile); trying again");
         }
-        tokio::select! {
-            () = tokio::time::sleep(WATCH_RETRY) => {}
-            _ = shutdown.changed() => return,
-        }
+        self.health.update(|status| status.watch_error = Some(error));
     }
 }
 
@@ -580,6 +640,16 @@ mod tests {
         let removal = foreign_parts(&desired, &applied).unwrap();
         assert_eq!(removal.removed, ["a.x.io.matchConditions", "stale.x.io"]);
         assert!(foreign_parts(&desired, &desired).is_none());
+    }
+
+    #[test]
+    fn repairs_in_a_row_are_spaced_out_and_a_quiet_spell_resets_them() {
+        let mut repairs = Repairs::default();
+        let start = Instant::now();
+        let delays: Vec<Duration> = (0..6).map(|i| repairs.delay(start + Duration::from_millis(100 * i))).collect();
+        assert_eq!(&delays[..3], &[Duration::ZERO; 3], "the first repairs are made at once");
+        assert_eq!(&delays[3..], &[FIRST_BACKOFF, FIRST_BACKOFF * 2, FIRST_BACKOFF * 4]);
+        assert_eq!(repairs.delay(start + REPAIR_QUIET * 2), Duration::ZERO);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -93,6 +93,7 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let started = Instant::now();
     match req.uri().path() {
         "/healthz" => return text(200, "ok"),
         "/readyz" => return super::readyz(&state, req.uri().query()),
@@ -107,12 +108,14 @@ pub async fn handle(
             // (Debian 12's, which operators debug with) then reports error
             // 92 and drops the status and the reason.
             if rejection.status() != 413 {
-                let _ = Limited::new(req.into_body(), limits.max_bytes).collect().await;
+                drain(req.into_body(), limits.max_bytes).await;
             }
             return *rejection;
         }
     };
-    let (body, _held) = match read_body(req.into_body(), &limits, plugin.call_deadline()).await {
+    let declared = content_length(&req);
+    let give_up = tokio::time::Instant::from_std(started) + plugin.call_deadline();
+    let (body, _held) = match read_body(req.into_body(), &limits, declared, give_up).await {
         Ok(read) => read,
         Err(BodyError::TooLarge(size)) => return too_large(&state, &limits, &plugin, peer, size),
         Err(BodyError::Busy) => {
@@ -122,6 +125,9 @@ pub async fn handle(
                 "busy",
                 "too many large reviews in memory at once (--max-review-memory-mib); try again",
             );
+        }
+        Err(BodyError::Slow) => {
+            return reject(&state, 408, "slow_body", "the body did not arrive before the plugin's deadline");
         }
         Err(BodyError::Read(error)) => {
             return reject(&state, 400, "bad_body", &format!("could not read the body: {error}"));
@@ -135,9 +141,10 @@ pub async fn handle(
         Ok(request) => request,
         Err(error) => return reject(&state, 400, "bad_review", &error.to_string()),
     };
-    // The body's share of the budget (`_held`) is released once answered:
-    // the parsed review and the plugin's copy live until then.
-    decide(&state, plugin, &review, request).await
+    // The body's share of the budget (`_held`) is held until the answer:
+    // the parsed review and the plugin's copy (not counted, about as large
+    // again) live until then.
+    decide(&state, plugin, &review, request, started).await
 }
 
 /// Why a body was not read.
@@ -146,46 +153,96 @@ enum BodyError {
     TooLarge(usize),
     /// The memory budget had no room before the deadline.
     Busy,
+    /// The client had not sent the whole body by the deadline.
+    Slow,
     /// The connection failed mid-body.
     Read(hyper::Error),
 }
 
-/// Reads a body up to the cap, taking its size from the memory budget as it
-/// arrives (waiting up to `deadline` for room), and returns it with the
-/// share it holds.
+/// The declared body length, if any.
+fn content_length(req: &Request<Incoming>) -> Option<usize> {
+    req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+}
+
+/// Reads a body up to the cap by `give_up` (the plugin's deadline: a
+/// stalled upload cannot keep its share of the budget), taking its size
+/// from the memory budget, and returns it with the share it holds.
+///
+/// The declared length (the API server always sends one) is taken from the
+/// budget at once: large reviews taking it piece by piece could each hold
+/// part of it and all wait for the rest.
 async fn read_body(
     mut body: Incoming,
     limits: &ReviewLimits,
-    deadline: Duration,
+    declared: Option<usize>,
+    give_up: tokio::time::Instant,
 ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
-    let give_up = tokio::time::Instant::now() + deadline;
-    let mut bytes = BytesMut::new();
     let mut held: Option<OwnedSemaphorePermit> = None;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else { continue };
-        if bytes.len() + data.len() > limits.max_bytes {
-            return Err(BodyError::TooLarge(bytes.len() + data.len()));
-        }
-        bytes.extend_from_slice(&data);
-        let wanted = bytes.len().div_ceil(PERMIT_BYTES);
-        let have = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
-        if wanted > have {
-            // Bounded by the cap, which is checked against the budget's size.
-            let more = u32::try_from(wanted - have).map_err(|_| BodyError::TooLarge(bytes.len()))?;
-            let permit = match limits.budget.clone().try_acquire_many_owned(more) {
-                Ok(permit) => permit,
-                Err(_) => tokio::time::timeout_at(give_up, limits.budget.clone().acquire_many_owned(more))
-                    .await
-                    .map_err(|_| BodyError::Busy)?
-                    .map_err(|_| BodyError::Busy)?,
-            };
-            match &mut held {
-                Some(held) => held.merge(permit),
-                None => held = Some(permit),
+    let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0).min(limits.max_bytes));
+    let waiting = std::sync::atomic::AtomicBool::new(false);
+    let read = async {
+        reserve(limits, &mut held, declared.unwrap_or(0), &waiting).await?;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else { continue };
+            if bytes.len() + data.len() > limits.max_bytes {
+                return Err(BodyError::TooLarge(bytes.len() + data.len()));
             }
+            bytes.extend_from_slice(&data);
+            reserve(limits, &mut held, bytes.len(), &waiting).await?;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout_at(give_up, read).await {
+        Ok(Ok(())) => Ok((bytes.freeze(), held)),
+        Ok(Err(error)) => Err(error),
+        // Out of time while waiting for room is the budget's doing (503);
+        // while the body was still coming, the client's (408).
+        Err(_) if waiting.load(std::sync::atomic::Ordering::Relaxed) => Err(BodyError::Busy),
+        Err(_) => Err(BodyError::Slow),
+    }
+}
+
+/// Grows `held` to cover `size` bytes of the budget, waiting for room
+/// (`waiting` says so meanwhile).
+async fn reserve(
+    limits: &ReviewLimits,
+    held: &mut Option<OwnedSemaphorePermit>,
+    size: usize,
+    waiting: &std::sync::atomic::AtomicBool,
+) -> Result<(), BodyError> {
+    let wanted = size.div_ceil(PERMIT_BYTES);
+    let have = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+    if wanted <= have {
+        return Ok(());
+    }
+    // Bounded by the cap, which is checked against the budget's size.
+    let more = u32::try_from(wanted - have).map_err(|_| BodyError::TooLarge(size))?;
+    let permit = match limits.budget.clone().try_acquire_many_owned(more) {
+        Ok(permit) => permit,
+        Err(_) => {
+            waiting.store(true, std::sync::atomic::Ordering::Relaxed);
+            let permit = limits.budget.clone().acquire_many_owned(more).await.map_err(|_| BodyError::Busy)?;
+            waiting.store(false, std::sync::atomic::Ordering::Relaxed);
+            permit
+        }
+    };
+    match held {
+        Some(held) => held.merge(permit),
+        None => *held = Some(permit),
+    }
+    Ok(())
+}
+
+/// Reads and drops a refused request's body, up to `max` bytes, without
+/// keeping it in memory.
+async fn drain(mut body: Incoming, max: usize) {
+    let mut seen = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, Bytes::len);
+        if seen > max {
+            return;
         }
     }
-    Ok((bytes.freeze(), held))
 }
 
 /// The 413 answer, logged (throttled) with the plugin, size and peer: the
@@ -217,8 +274,11 @@ async fn decide(
     plugin: Arc<Plugin>,
     review: &ReviewRequest,
     request: types::AdmissionRequest,
+    started: Instant,
 ) -> Response<Full<Bytes>> {
-    let started = Instant::now();
+    // The deadline counts from the request's arrival, so time spent reading
+    // the body is not given twice and the answer beats the API server's
+    // timeout.
     let deadline = plugin.call_deadline();
     // Let the other requests that arrived with this one be read and parsed
     // first, so the plugin calls of a burst run one after another while the
@@ -232,7 +292,10 @@ async fn decide(
     // (registering one on every request cost 0.1-0.7 µs in the server).
     let permit = match state.permits.clone().try_acquire_owned() {
         Ok(permit) => Ok(Ok(permit)),
-        Err(_) => tokio::time::timeout(deadline, state.permits.clone().acquire_owned()).await,
+        Err(_) => {
+            tokio::time::timeout(deadline.saturating_sub(started.elapsed()), state.permits.clone().acquire_owned())
+                .await
+        }
     };
     let outcome = match permit {
         Ok(Ok(_permit)) => {
@@ -303,8 +366,7 @@ fn admissible(
     if !is_json(req.headers().get(CONTENT_TYPE)) {
         return Err(Box::new(reject(state, 415, "media_type", "Content-Type must be application/json")));
     }
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if let Some(len) = declared.filter(|len| *len > limits.max_bytes) {
+    if let Some(len) = content_length(req).filter(|len| *len > limits.max_bytes) {
         return Err(Box::new(too_large(state, limits, &plugin, peer, len)));
     }
     Ok(plugin)

@@ -266,12 +266,14 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     let (loaded, refused) = (report.registry.len(), report.refused.len());
     state.count_loads(loaded, refused);
     state.set_refused(&report.refused);
-    state.install(report.registry);
-    tracing::info!(loaded, refused, "plugins ready");
-    // Registered only now that they serve.
+    // The sync check is in place before the host can look ready.
     if let Some(sync) = sync {
         state.sync_webhooks(sync);
     }
+    state.install(report.registry);
+    tracing::info!(loaded, refused, "plugins ready");
+    // Registered only now that they serve.
+    state.register_serving();
 
     if let Some(watching) = watching {
         tracing::info!(dir = %plugin_dir.as_deref().unwrap_or(std::path::Path::new("")).display(), "watching for plugin changes");
