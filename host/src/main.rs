@@ -15,7 +15,7 @@ use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::gateway::proxy::UpstreamOptions;
 use tollgate::loader::{Loader, Settings};
 use tollgate::registry::LoadReport;
-use tollgate::serve::admission::ReviewLimits;
+use tollgate::serve::admission::{DEFAULT_MAX_REVIEW_BYTES, DEFAULT_REVIEW_MEMORY_BYTES, ReviewLimits};
 use tollgate::serve::{GatewayOptions, ServeOptions, SyncOptions};
 use tollgate::sync::ClusterConfig;
 use tollgate::tls::{CertSource, TlsOptions};
@@ -127,11 +127,11 @@ struct ServeArgs {
     /// fits an UPDATE of the largest object the API server stores (1.5 MiB,
     /// etcd's limit) twice, each byte escaped to 6 as the API server may:
     /// 2 × 6 × 1.5 + 1 = 19.
-    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, default_value_t = (DEFAULT_MAX_REVIEW_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     max_review_mib: u32,
     /// Memory for AdmissionReview bodies held at once, in MiB: a review
     /// that finds no room before its deadline gets 503.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, default_value_t = (DEFAULT_REVIEW_MEMORY_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     max_review_memory_mib: u32,
     /// Apply the generated webhook configurations to the cluster whenever
     /// the admission plugins change (server-side apply, field manager `tollgate`).

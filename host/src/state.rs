@@ -113,12 +113,6 @@ impl HostState {
         self.metrics.plugin_loads.get_or_create(&LoadLabels { result: "refused" }).inc_by(refused as u64);
     }
 
-    /// True once the plugins have been loaded and, when syncing webhooks,
-    /// a sync has succeeded.
-    pub fn is_ready(&self) -> bool {
-        self.readiness().ready()
-    }
-
     /// Each readiness check and its result, as `/readyz` shows them.
     ///
     /// A host whose webhook sync never succeeded is not ready (a refused
@@ -128,13 +122,10 @@ impl HostState {
     /// what was registered keeps being served, and the failure shows in the
     /// check's detail, the log and `tollgate_webhook_sync_healthy`.
     pub fn readiness(&self) -> Readiness {
-        let mut checks = vec![Check {
-            name: "plugins",
-            ok: self.ready.load(Ordering::Acquire),
-            detail: if self.ready.load(Ordering::Acquire) { "loaded".into() } else { "loading plugins".into() },
-        }];
-        if let Some(sync) = self.sync.get() {
-            let status = sync.health().status();
+        let loaded = self.ready.load(Ordering::Acquire);
+        let detail = if loaded { "loaded" } else { "loading plugins" };
+        let mut checks = vec![Check { name: "plugins", ok: loaded, detail: detail.into() }];
+        if let Some(status) = self.sync_status() {
             let (ok, detail) = match (status.ever_applied, status.error) {
                 (true, None) => match status.watch_error {
                     None => (true, "applied".to_string()),

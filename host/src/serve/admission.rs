@@ -37,7 +37,7 @@ pub const MAX_STORED_OBJECT: usize = 3 * MIB / 2;
 pub const DEFAULT_MAX_REVIEW_BYTES: usize = 2 * 6 * MAX_STORED_OBJECT + MIB;
 
 /// Default budget for review bodies held in memory at once, across all
-/// requests: thirteen reviews of the largest size.
+/// requests: thirteen reviews of the default largest size.
 pub const DEFAULT_REVIEW_MEMORY_BYTES: usize = 256 * MIB;
 
 /// Budget permits are KiB, so a 256 MiB budget fits a semaphore's count.
@@ -70,15 +70,6 @@ impl ReviewLimits {
     /// The message of a 413.
     fn too_large(&self) -> String {
         format!("body is larger than the {} MiB cap on an AdmissionReview (--max-review-mib)", self.max_bytes / MIB)
-    }
-}
-
-impl Default for ReviewLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: DEFAULT_MAX_REVIEW_BYTES,
-            budget: Arc::new(Semaphore::new(DEFAULT_REVIEW_MEMORY_BYTES / PERMIT_BYTES)),
-        }
     }
 }
 
