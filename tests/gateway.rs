@@ -219,6 +219,8 @@ struct JwtCase {
     upstream: Option<usize>,
     /// Text the WWW-Authenticate header must hold (401s).
     challenge: Option<&'static str>,
+    /// The body's `reason`, exactly, when the case checks it.
+    reason: Option<&'static str>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +233,8 @@ async fn jwt_org_router_follows_the_reference_table() {
             "org-a": {"upstream": upstreams[0].url(), "backendToken": "backend-token-a"},
             "org-b": {"upstream": upstreams[1].url(), "backendToken": "backend-token-b"}
         },
-        "clockSkewSeconds": 30
+        "clockSkewSeconds": 30,
+        "maxTokenLifetimeSeconds": 3600
     });
     install(dir.path(), "jwt-org-router", guests::JWT_ORG_ROUTER, Some(&settings.to_string()));
     let server = Server::start(dir.path(), &[]);
@@ -249,6 +252,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 200,
             upstream: Some(0),
             challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "valid org B",
@@ -256,6 +260,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 200,
             upstream: Some(1),
             challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "lower-case bearer scheme",
@@ -263,6 +268,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 200,
             upstream: Some(0),
             challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "expired within the clock skew",
@@ -270,6 +276,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 200,
             upstream: Some(0),
             challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "expired",
@@ -277,6 +284,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("invalid_token"),
+            reason: None,
         },
         JwtCase {
             name: "bad signature",
@@ -284,6 +292,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("invalid_token"),
+            reason: None,
         },
         JwtCase {
             name: "alg none",
@@ -291,6 +300,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("invalid_token"),
+            reason: None,
         },
         JwtCase {
             name: "HS256 with the public key as secret",
@@ -298,6 +308,40 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("invalid_token"),
+            reason: None,
+        },
+        JwtCase {
+            name: "HS256, reason in the body",
+            authorization: bearer(sign(Algorithm::HS256, &public_as_secret, Some("client-1"), &valid("org-a"))),
+            status: 401,
+            upstream: None,
+            challenge: Some("is not one the route allows"),
+            reason: Some("algorithm-not-allowed"),
+        },
+        JwtCase {
+            name: "valid for two hours, over the one-hour cap",
+            authorization: bearer(rs256(json!({"org": "org-a", "iat": t, "exp": t + 7200}))),
+            status: 401,
+            upstream: None,
+            challenge: Some("longer than this route's 3600 s"),
+            reason: Some("lifetime-too-long"),
+        },
+        JwtCase {
+            // A later iat cannot make the token look shorter-lived.
+            name: "over the cap, with an iat in the future",
+            authorization: bearer(rs256(json!({"org": "org-a", "iat": t + 5400, "exp": t + 7200}))),
+            status: 401,
+            upstream: None,
+            challenge: Some("invalid_token"),
+            reason: Some("lifetime-too-long"),
+        },
+        JwtCase {
+            name: "within the cap, with an iat",
+            authorization: bearer(rs256(json!({"org": "org-a", "iat": t, "exp": t + 600}))),
+            status: 200,
+            upstream: Some(0),
+            challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "ES256, not configured",
@@ -305,6 +349,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("invalid_token"),
+            reason: None,
         },
         JwtCase {
             name: "no exp",
@@ -312,6 +357,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("invalid_token"),
+            reason: None,
         },
         JwtCase {
             name: "nbf in the future",
@@ -319,6 +365,33 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("invalid_token"),
+            reason: None,
+        },
+        JwtCase {
+            name: "nbf a date string, not a NumericDate",
+            authorization: bearer(rs256(json!({"org": "org-a", "exp": t + 600, "nbf": "2020-01-01T00:00:00Z"}))),
+            status: 401,
+            upstream: None,
+            challenge: Some("claim nbf is not a NumericDate"),
+            reason: None,
+        },
+        JwtCase {
+            name: "fractional exp",
+            authorization: bearer(rs256(json!({"org": "org-a", "exp": t as f64 + 600.25}))),
+            status: 200,
+            upstream: Some(0),
+            challenge: None,
+            reason: None,
+        },
+        JwtCase {
+            // The same token again: the verified-token cache must keep the
+            // real expiry, not read a fractional exp as 0.
+            name: "fractional exp, again (from the cache)",
+            authorization: bearer(rs256(json!({"org": "org-a", "exp": t as f64 + 600.25}))),
+            status: 200,
+            upstream: Some(0),
+            challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "unknown kid",
@@ -326,6 +399,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("invalid_token"),
+            reason: None,
         },
         JwtCase {
             name: "unknown org",
@@ -333,6 +407,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 403,
             upstream: None,
             challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "org in upper case",
@@ -340,6 +415,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 403,
             upstream: None,
             challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "org in mixed case",
@@ -347,6 +423,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 403,
             upstream: None,
             challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "org with a trailing space",
@@ -354,6 +431,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 403,
             upstream: None,
             challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "org claim not a string",
@@ -361,6 +439,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 403,
             upstream: None,
             challenge: None,
+            reason: None,
         },
         JwtCase {
             name: "no Authorization header",
@@ -368,6 +447,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("Bearer realm=\"tollgate\""),
+            reason: None,
         },
         JwtCase {
             name: "Basic auth",
@@ -375,6 +455,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("Bearer realm=\"tollgate\""),
+            reason: None,
         },
         JwtCase {
             name: "Bearer, not a JWT",
@@ -382,6 +463,7 @@ async fn jwt_org_router_follows_the_reference_table() {
             status: 401,
             upstream: None,
             challenge: Some("invalid_token"),
+            reason: None,
         },
     ];
     let gateway_port = server.gateway.unwrap().port();
@@ -401,6 +483,9 @@ async fn jwt_org_router_follows_the_reference_table() {
         let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, case.status, "{}: {body}", case.name);
+        if let Some(reason) = case.reason {
+            assert_eq!(body["reason"], reason, "{}: {body}", case.name);
+        }
         match case.challenge {
             Some(expected) => {
                 let challenge = challenge.unwrap_or_else(|| panic!("{}: no WWW-Authenticate", case.name));

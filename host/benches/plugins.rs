@@ -169,7 +169,7 @@ fn jwt(c: &mut Criterion) {
     header.kid = Some("client-1".into());
     let exp = tollgate::jwt::now_seconds() + 3600;
     let token = |jti: u32| {
-        let claims = serde_json::json!({"org": "org-a", "sub": "bench", "exp": exp, "jti": jti});
+        let claims = serde_json::json!({"org": "org-a", "sub": "bench", "exp": exp, "jti": jti.to_string()});
         jsonwebtoken::encode(&header, &claims, &key).expect("sign")
     };
     let (first, second) = (token(1), token(2));

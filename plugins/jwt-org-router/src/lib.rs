@@ -5,6 +5,11 @@
 //! client's token is replaced by that org's backend token, so the client
 //! never holds the backend token and the backend never sees the client's.
 //!
+//! With `maxTokenLifetimeSeconds`, a verified token valid for longer than
+//! that (from its `iat`, or from now when `iat` is absent or later, to its
+//! `exp`) is refused too: the WIT policy record has no field for a cap, so
+//! the plugin checks it on the claims the host returns.
+//!
 //! Answers: no or non-Bearer credentials, or a token that fails
 //! verification → 401 with `WWW-Authenticate: Bearer`; a valid token for an
 //! org that is not configured (matched exactly: `ACME` is not `acme`) → 403.
@@ -17,7 +22,7 @@ use serde::Deserialize;
 wit_bindgen::generate!({ path: "../../wit", world: "route-plugin" });
 
 use exports::tollgate::plugin::route::Guest;
-use tollgate::plugin::services::{JwtAlgorithm, JwtKey, JwtPolicy, verify_jwt};
+use tollgate::plugin::services::{JwtAlgorithm, JwtErrorKind, JwtKey, JwtPolicy, now_millis, verify_jwt};
 use tollgate::plugin::types::{
     Forward, Header, Identity, PluginInfo, RequestHead, Respond, RouteDecision, RouteMatch, RouteMetadata,
 };
@@ -43,6 +48,9 @@ struct Settings {
     /// Required `aud`, if any.
     #[serde(default)]
     audience: Option<String>,
+    /// Longest lifetime a token may have, in seconds; none: no cap.
+    #[serde(default)]
+    max_token_lifetime_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +87,7 @@ struct Config {
     policy: JwtPolicy,
     orgs: BTreeMap<String, Org>,
     org_claim: String,
+    max_token_lifetime_seconds: Option<u64>,
 }
 
 thread_local! {
@@ -133,6 +142,9 @@ fn configure(settings: Settings) -> Result<Config, String> {
             return Err(format!("orgs.{name}.backendToken must be a token without spaces or line breaks"));
         }
     }
+    if settings.max_token_lifetime_seconds == Some(0) {
+        return Err("maxTokenLifetimeSeconds must be at least 1 (leave it out for no cap)".into());
+    }
     Ok(Config {
         policy: JwtPolicy {
             keys,
@@ -142,7 +154,47 @@ fn configure(settings: Settings) -> Result<Config, String> {
         },
         orgs: settings.orgs,
         org_claim: settings.org_claim,
+        max_token_lifetime_seconds: settings.max_token_lifetime_seconds,
     })
+}
+
+/// The reason a refusal gives: the contract's name for the kind
+/// (`jwt-error-kind` in wit/plugin.wit).
+fn reason(kind: JwtErrorKind) -> &'static str {
+    match kind {
+        JwtErrorKind::Malformed => "malformed",
+        JwtErrorKind::AlgorithmNotAllowed => "algorithm-not-allowed",
+        JwtErrorKind::UnknownKey => "unknown-key",
+        JwtErrorKind::BadSignature => "bad-signature",
+        JwtErrorKind::Expired => "expired",
+        JwtErrorKind::NotYetValid => "not-yet-valid",
+        JwtErrorKind::MissingExp => "missing-exp",
+        JwtErrorKind::BadClaims => "bad-claims",
+        JwtErrorKind::BadKey => "bad-key",
+    }
+}
+
+/// Refuses verified claims valid for longer than `max` seconds: from `iat`
+/// to `exp`, or from now when `iat` is absent or later than now, so a token
+/// cannot look shorter-lived by claiming a later `iat`. The host has checked
+/// that `exp` and `iat` are NumericDates (seconds, fractions allowed).
+fn check_lifetime(claims: &serde_json::Value, max: u64, now_millis: u64) -> Result<(), RouteDecision> {
+    let now = now_millis as f64 / 1000.0;
+    let date = |name: &str| claims.get(name).and_then(serde_json::Value::as_f64);
+    let Some(exp) = date("exp") else {
+        return Err(invalid_token("bad-claims", "the token has no numeric exp claim"));
+    };
+    let from = date("iat").filter(|iat| *iat <= now).unwrap_or(now);
+    let lifetime = exp - from;
+    if lifetime > max as f64 {
+        // Whole seconds rounded up, so it never reads "3600 s, longer than 3600 s".
+        let shown = lifetime.ceil() as u64;
+        return Err(invalid_token(
+            "lifetime-too-long",
+            &format!("the token is valid for {shown} s, longer than this route's {max} s"),
+        ));
+    }
+    Ok(())
 }
 
 fn route(config: &Config, req: &RequestHead) -> RouteDecision {
@@ -164,11 +216,16 @@ fn route(config: &Config, req: &RequestHead) -> RouteDecision {
     }
     let claims = match verify_jwt(token, &config.policy) {
         Ok(claims) => claims,
-        Err(error) => return invalid_token(&format!("{:?}", error.kind).to_lowercase(), &error.message),
+        Err(error) => return invalid_token(reason(error.kind), &error.message),
     };
     let Ok(claims) = serde_json::from_str::<serde_json::Value>(&claims) else {
         return invalid_token("bad-claims", "claims are not JSON");
     };
+    if let Some(max) = config.max_token_lifetime_seconds
+        && let Err(refusal) = check_lifetime(&claims, max, now_millis())
+    {
+        return refusal;
+    }
     let Some(org_name) = claims.get(&config.org_claim).and_then(|v| v.as_str()) else {
         return respond(403, None, "forbidden", "no-org");
     };
@@ -197,13 +254,16 @@ impl Guest for JwtOrgRouter {
                 doc: "Takes `Authorization: Bearer <JWT>`, has the host verify it (algorithm pinned per key, \
                       `exp` required, `nbf` and clock skew honoured), reads the `org` claim, forwards to that \
                       org's upstream and replaces `Authorization` with the org's backend token. Missing, \
-                      non-Bearer or invalid tokens get 401 with `WWW-Authenticate: Bearer`; a valid token \
+                      non-Bearer or invalid tokens, and tokens valid for longer than the route's \
+                      `maxTokenLifetimeSeconds`, get 401 with `WWW-Authenticate: Bearer`; a valid token \
                       for an org not configured (matched exactly, case included) gets 403."
                     .into(),
                 settings_doc: Some(
                     "`keys`: `[{kid?, algorithm: RS256|ES256|EdDSA, pem}]` public keys that may sign \
                      client tokens. `orgs`: org name to `{upstream, backendToken}`. `clockSkewSeconds` \
-                     (default 30), `orgClaim` (default `org`), `issuer`, `audience`: optional checks."
+                     (default 30), `orgClaim` (default `org`), `issuer`, `audience`: optional checks. \
+                     `maxTokenLifetimeSeconds` (default none: no cap): refuse tokens valid for longer, \
+                     from `iat` (or now, when absent or later) to `exp`."
                         .into(),
                 ),
             },
