@@ -1042,3 +1042,41 @@ async fn failed_tls_handshakes_are_logged_with_peer_and_cause() {
     assert!(response.is_err(), "no client certificate: {response:?}");
     logged(&strict, &["WARN", "TLS handshake failed", "presented no certificate", "peer=127.0.0.1"]).await;
 }
+
+#[tokio::test]
+async fn a_guest_waiting_in_a_host_call_is_stopped_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sleeps 30 s through WASI clocks: the wait is in the host, where no
+    // epoch check runs.
+    install(dir.path(), "sleep-ignore", guests::MISBEHAVE_IGNORE, Some(r#"{"validate": "sleep"}"#));
+    install(dir.path(), "count", guests::MISBEHAVE, Some(r#"{"validate": "count"}"#));
+    // One admission call at a time: the sleeping calls must give it back
+    // at their deadline (800 ms), not after their 30 s sleep.
+    let server = Server::start(dir.path(), &["--max-instances", "1"]);
+    let http = client(&server.ca(), None);
+    let review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let (http, url, body) = (http.clone(), server.url("/validate/misbehave-ignore"), review.json(&format!("s{i}")));
+        tasks.spawn(async move { post_review(&http, &url, &body).await });
+    }
+    // A hang guard, not a timing assertion: far below the guest's sleep.
+    let guard = std::time::Duration::from_secs(15);
+    while let Some(answer) =
+        tokio::time::timeout(guard, tasks.join_next()).await.expect("answered before the sleep ends")
+    {
+        let answer: Value = answer.expect("request task");
+        let warning = answer["response"]["warnings"][0].as_str().unwrap_or_default().to_string();
+        assert!(
+            warning.contains("ran past its deadline") || warning.contains("no plugin instance became free"),
+            "{answer}"
+        );
+    }
+    let next = tokio::time::timeout(guard, messages(&server, "/validate/misbehave", &["a"])).await;
+    assert_eq!(next.expect("the call budget came back"), ["call 1"]);
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains(r#"tollgate_plugin_failures_total{plugin="misbehave-ignore",cause="deadline"}"#),
+        "{metrics}"
+    );
+}

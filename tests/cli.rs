@@ -277,3 +277,36 @@ fn a_built_plugin_and_its_shipped_settings_line_up_by_name() {
     assert!(stdout.contains("namespace-validation 0.1.0 (admission)"), "{stdout}");
     assert!(stdout.contains("namespace-validation.settings.json"), "the settings used are shown: {stdout}");
 }
+
+#[test]
+fn eval_stops_a_guest_waiting_in_a_host_call_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("sleep.settings.json");
+    std::fs::write(&settings, r#"{"validate": "sleep"}"#).unwrap();
+    let review = dir.path().join("review.json");
+    let body = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "e1", "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+        "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+        "namespace": "team-a", "operation": "CREATE", "userInfo": {"username": "alice"},
+        "object": {"metadata": {"name": "c"}}}});
+    std::fs::write(&review, body.to_string()).unwrap();
+    let mut child = Command::new(TOLLGATE)
+        .args(["eval", guests::MISBEHAVE, review.to_str().unwrap(), "--settings", settings.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tollgate");
+    // A hang guard, not a timing assertion: the guest sleeps 30 s, its
+    // deadline is 800 ms.
+    let give_up = std::time::Instant::now() + Duration::from_secs(15);
+    while child.try_wait().expect("query child").is_none() {
+        if std::time::Instant::now() > give_up {
+            let _ = child.kill();
+            panic!("eval still running: the deadline did not stop the sleeping guest");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("ran past its deadline"), "{said}");
+}

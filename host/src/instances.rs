@@ -112,12 +112,15 @@ impl Instances {
             .await;
         }
         let max_memory = self.runtime.options().max_memory_bytes;
+        let started = std::time::Instant::now();
         let mut warm = match self.take() {
             Some(warm) => warm,
             None => self.make(plugin, deadline).await?,
         };
-        sandbox::begin_call(&mut warm.store, deadline);
-        let result = f(&mut warm.store, &warm.guest).await;
+        // Making the instance counts against the call's deadline.
+        let left = deadline.saturating_sub(started.elapsed());
+        sandbox::begin_call(&mut warm.store, left);
+        let result = sandbox::until_deadline(left, f(&mut warm.store, &warm.guest)).await;
         let result = result.map_err(|e| sandbox::classify(e, deadline, max_memory, &warm.store));
         sandbox::end_call(&warm.store);
         if result.is_ok() {
@@ -132,11 +135,11 @@ impl Instances {
         let max_memory = self.runtime.options().max_memory_bytes;
         let mut store = sandbox::new_store(&self.runtime, plugin);
         sandbox::begin_call(&mut store, deadline);
-        let made = match self.pre.instantiate_async(&mut store).await {
+        let made = match sandbox::until_deadline(deadline, self.pre.instantiate_async(&mut store)).await {
             Ok(instance) => {
                 self.exports.load(&mut store, &instance).map_err(|e| CallError::Instantiate(format!("{e:#}")))
             }
-            Err(error) => Err(sandbox::instantiate_error(error, max_memory)),
+            Err(error) => Err(sandbox::instantiate_error(error, deadline, max_memory)),
         };
         sandbox::end_call(&store);
         let guest = made?;

@@ -161,17 +161,42 @@ pub async fn call<R>(
     let mut store = new_store(runtime, plugin);
     let started = Instant::now();
     begin_call(&mut store, deadline);
-    let result = match pre.instantiate_async(&mut store).await {
-        Ok(instance) => f(&mut store, &instance).await.map_err(|e| classify(e, deadline, max_memory, &store)),
-        Err(e) => Err(instantiate_error(e, max_memory)),
+    let result = match until_deadline(deadline, pre.instantiate_async(&mut store)).await {
+        Ok(instance) => until_deadline(deadline.saturating_sub(started.elapsed()), f(&mut store, &instance))
+            .await
+            .map_err(|e| classify(e, deadline, max_memory, &store)),
+        Err(e) => Err(instantiate_error(e, deadline, max_memory)),
     };
     end_call(&store);
     tracing::trace!(plugin, elapsed_us = started.elapsed().as_micros() as u64, "plugin call");
     result
 }
 
+/// Runs `call` (a call into the guest) for at most `deadline`.
+///
+/// The epoch deadline of [`begin_call`] stops a guest that computes, but
+/// not one waiting inside a host call: a guest sleeping through WASI clocks
+/// (`subscribe-duration` and `poll`) waits on a host timer, where no epoch
+/// check runs. So the call is also raced against the deadline; when that
+/// wins, the call's future is dropped, which makes wasmtime unwind the
+/// guest's stack, and the instance is never reused. Clocks are the only
+/// thing a guest can wait on (it has no sockets, files or stdin), and at
+/// most until its deadline.
+pub(crate) async fn until_deadline<R>(
+    deadline: Duration,
+    call: impl Future<Output = wasmtime::Result<R>>,
+) -> wasmtime::Result<R> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(Trap::Interrupt.into()),
+    }
+}
+
 /// Explains why a new instance could not be made.
-pub(crate) fn instantiate_error(error: wasmtime::Error, max_memory: usize) -> CallError {
+pub(crate) fn instantiate_error(error: wasmtime::Error, deadline: Duration, max_memory: usize) -> CallError {
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return CallError::Deadline(deadline);
+    }
     match error.downcast_ref::<MemoryCapExceeded>() {
         Some(_) => CallError::MemoryCap { cap_mib: max_memory >> 20 },
         None => CallError::Instantiate(format!("{error:#}")),

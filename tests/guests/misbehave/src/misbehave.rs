@@ -5,7 +5,8 @@
 //
 // Settings: `{"configure": ACTION, "validate": ACTION}` where ACTION is one of
 // `ok` (default), `fail`, `panic`, `loop`, `alloc`, `open-file`, `env`,
-// `print`, `flood` (print 200 KiB); `validate` also takes `echo` (describe the request), `warn`
+// `print`, `flood` (print 200 KiB), `sleep` (sleep 30 s through WASI clocks,
+// a wait inside a host call); `validate` also takes `echo` (describe the request), `warn`
 // (allow with a warning) and `count` (allow, saying how many calls this
 // instance has answered: shows whether the host reused the instance; an
 // object named "panic" makes it panic, one named "grow" makes it use 4 MiB
@@ -80,6 +81,10 @@ fn act(action: &str) -> Result<String, String> {
                 println!("flood line {i:05} {}", ".".repeat(46));
             }
             Ok("flooded".into())
+        }
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            Ok("slept".into())
         }
         other => Err(format!("unknown action {other:?}")),
     }
