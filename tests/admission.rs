@@ -1080,3 +1080,38 @@ async fn a_guest_waiting_in_a_host_call_is_stopped_at_its_deadline() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_plugin_whose_configure_sleeps_is_refused_at_its_deadline_and_the_rest_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    // `configure` sleeps 30 s through WASI clocks while the loader takes the
+    // plugin's configured snapshot: the wait is in the host, where no epoch
+    // check runs.
+    install(dir.path(), "sleepy", guests::MISBEHAVE, Some(r#"{"configure": "sleep"}"#));
+    install(dir.path(), "healthy", guests::MISBEHAVE_IGNORE, Some(r#"{"validate": "ok"}"#));
+    // Returns once the plugins are loaded. A hang guard, not a timing
+    // assertion: far below the guest's sleep, far above its 1 s deadline.
+    let server = Server::start(dir.path(), &[]);
+    let took = server.started.elapsed();
+    assert!(took < std::time::Duration::from_secs(20), "ready after {took:?}: the sleeping configure held the load");
+
+    let http = client(&server.ca(), None);
+    let review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a");
+    let answer: Value = post_review(&http, &server.url("/validate/misbehave-ignore"), &review.json("h1")).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let refused = http.post(server.url("/validate/misbehave")).json(&review.json("h2")).send().await.unwrap();
+    assert_eq!(refused.status(), 404, "the sleeping plugin must not serve");
+
+    let url = format!("http://{}/plugins", server.metrics);
+    let status: Value = plain().get(url).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = status["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["misbehave-ignore"], "{status}");
+    let refusal = status["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["file"].as_str().is_some_and(|f| f.ends_with("sleepy.wasm")))
+        .unwrap_or_else(|| panic!("sleepy.wasm refused: {status}"));
+    let reason = refusal["reason"].as_str().unwrap();
+    assert!(reason.contains("configure() ran past its deadline"), "{reason}");
+}

@@ -310,3 +310,48 @@ fn eval_stops_a_guest_waiting_in_a_host_call_at_its_deadline() {
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(said.contains("ran past its deadline"), "{said}");
 }
+
+/// Runs tollgate with `args`, killing it (and failing) if it is still
+/// running after `guard`: a hang guard, not a timing assertion.
+fn tollgate_within(args: &[&str], guard: Duration) -> Output {
+    let mut child = Command::new(TOLLGATE)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tollgate");
+    let give_up = std::time::Instant::now() + guard;
+    while child.try_wait().expect("query child").is_none() {
+        if std::time::Instant::now() > give_up {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("tollgate {args:?} still running after {guard:?}: {}", text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn inspect_and_eval_stop_a_configure_waiting_in_a_host_call_at_its_deadline() {
+    // `configure` sleeps 30 s through WASI clocks while the configured
+    // snapshot is taken; its load deadline is 1 s.
+    let dir = tempfile::tempdir().unwrap();
+    copy(dir.path(), "sleepy.wasm", guests::MISBEHAVE);
+    let settings = dir.path().join("sleepy.settings.json");
+    std::fs::write(&settings, r#"{"configure": "sleep"}"#).unwrap();
+    copy_with_settings(dir.path(), "namespace-validation", guests::NAMESPACE_VALIDATION, "namespace-validation");
+    let guard = Duration::from_secs(20);
+
+    let out = tollgate_within(&["inspect", dir.path().to_str().unwrap()], guard);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "the sleeping plugin is refused: {stdout}");
+    assert!(stdout.contains("sleepy.wasm: configure() ran past its deadline"), "{stdout}");
+    assert!(stdout.contains("namespace-validation 0.1.0 (admission)"), "{stdout}");
+
+    let plugin = dir.path().join("sleepy.wasm");
+    let out = tollgate_within(&["eval", plugin.to_str().unwrap(), &data("namespace-delete-kube-system.json")], guard);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("configure() ran past its deadline"), "{}", text(&out.stderr));
+}

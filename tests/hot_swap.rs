@@ -237,3 +237,26 @@ async fn a_relative_plugin_directory_keeps_its_plugins_at_the_first_change() {
     assert_eq!(changes.len(), 1, "only b.wasm is new: {changes:#?}");
     assert!(changes[0].contains(&dir.join("b.wasm").canonicalize().unwrap().display().to_string()), "{changes:#?}");
 }
+
+#[tokio::test]
+async fn a_plugin_whose_configure_sleeps_does_not_stall_the_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    support::install(dir.path(), "a", guests::MISBEHAVE_IGNORE, Some(ALLOW));
+    let server = Server::start(dir.path(), &[]);
+    let http = client(&server.ca(), None);
+
+    // Dropped in: its `configure` sleeps 30 s through WASI clocks (a wait in
+    // the host, where no epoch check runs) while its snapshot is taken.
+    support::install(dir.path(), "sleepy", guests::MISBEHAVE, Some(r#"{"configure": "sleep"}"#));
+    // Hang guards, not timing assertions: far below the guest's sleep.
+    let guard = Duration::from_secs(20);
+    let refused = logged(&server, &["plugin refused", "sleepy.wasm", "configure() ran past its deadline"]);
+    tokio::time::timeout(guard, refused).await.expect("the sleeping configure was stopped at its deadline");
+    assert_eq!(ask(&http, &server, "/validate/misbehave").await, None);
+    assert_eq!(ask(&http, &server, "/validate/misbehave-ignore").await, Some(true));
+
+    // The watcher goes on to the next change.
+    support::install(dir.path(), "b", guests::ADD_LABEL, None);
+    let added = logged(&server, &["plugin added", "add-label"]);
+    tokio::time::timeout(guard, added).await.expect("the next change was picked up");
+}

@@ -92,7 +92,13 @@ impl Snapshotter {
         store.limiter(|sandbox| sandbox.limits());
         store.set_epoch_deadline(crate::engine::Runtime::deadline_ticks(deadline));
         store.epoch_deadline_trap();
-        let configured = self.call_configure(&mut store, &instrumented, interface, settings).await;
+        // The epoch deadline stops a guest that computes; `until_deadline`
+        // also stops one waiting in a host call (a WASI clock sleep), where
+        // no epoch check runs. It covers instantiation too: a component's
+        // start function is guest code.
+        let configured =
+            sandbox::until_deadline(deadline, self.call_configure(&mut store, &instrumented, interface, settings))
+                .await;
         sandbox::end_call(&store);
         let instance = match configured {
             Ok((instance, Ok(()))) => instance,
@@ -105,7 +111,9 @@ impl Snapshotter {
         // its own generous deadline.
         store.set_epoch_deadline(crate::engine::Runtime::deadline_ticks(SNAPSHOT_DEADLINE));
         let mut state = wasmtime_wizer::WasmtimeWizerComponent { store: &mut store, instance };
-        wizer.snapshot_component(&context, &mut state).await.map_err(unsupported)
+        sandbox::until_deadline(SNAPSHOT_DEADLINE, wizer.snapshot_component(&context, &mut state))
+            .await
+            .map_err(unsupported)
     }
 
     async fn call_configure(
