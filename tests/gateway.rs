@@ -512,6 +512,7 @@ async fn jwt_org_router_follows_the_reference_table() {
                     ("x-forwarded-for".into(), "127.0.0.1".into()),
                     ("x-forwarded-host".into(), format!("127.0.0.1:{gateway_port}")),
                     ("x-forwarded-proto".into(), "http".into()),
+                    ("x-real-ip".into(), "127.0.0.1".into()),
                 ];
                 expected.sort();
                 assert_eq!(headers, expected, "{}", case.name);
@@ -761,10 +762,10 @@ async fn upstream_failures_routing_and_streaming() {
 
 /// Sends `request` as raw bytes to the gateway (clients build well-formed
 /// requests only) and returns the status line and the body.
-async fn raw_request(server: &Server, request: &str) -> (String, String) {
+async fn raw_request(server: &Server, request: impl AsRef<[u8]>) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(server.gateway.expect("gateway listening")).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(request.as_ref()).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
     let answer = String::from_utf8_lossy(&answer).into_owned();
@@ -951,4 +952,157 @@ async fn every_event_loop_serves_and_a_busy_port_is_refused() {
     assert!(!second.status.success());
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(said.contains(&addr) && said.to_lowercase().contains("in use"), "{said}");
+}
+
+/// The spellings of `/slow/secret` an upstream reads as that path.
+const SLOW_SECRET: [&str; 6] = [
+    "/x/../slow/secret",
+    "/./slow/secret",
+    "/%73low/secret",
+    "//slow/secret",
+    "/%2e%2e/slow/secret",
+    "/open/../slow/secret",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_targets_are_normalised_before_any_plugin_sees_them() {
+    let upstream = Upstream::start("airbyte").await;
+    let dir = tempfile::tempdir().unwrap();
+    install_pass_route(dir.path(), &upstream.url());
+    let catalog = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/catalog-allowlist/catalog-allowlist.settings.json"),
+    )
+    .unwrap();
+    install(dir.path(), "catalog-allowlist", guests::CATALOG_ALLOWLIST, Some(&catalog));
+    let server = Server::start(dir.path(), &[]);
+
+    // HTTP/1.1, sent byte for byte (clients normalise paths themselves).
+    for path in SLOW_SECRET {
+        let (status, _) =
+            raw_request(&server, format!("GET {path}?q=1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")).await;
+        assert!(status.contains(" 200 "), "{path}: {status}");
+        assert_eq!(upstream.seen().pop().unwrap().path, "/slow/secret?q=1", "{path}");
+    }
+    // HTTP/2 (h2c), the same.
+    let tcp = tokio::net::TcpStream::connect(server.gateway.unwrap()).await.unwrap();
+    let (mut h2, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for path in SLOW_SECRET {
+        let request =
+            hyper::Request::get(format!("http://gw{path}")).body(http_body_util::Empty::<Bytes>::new()).unwrap();
+        let response = h2.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(upstream.seen().pop().unwrap().path, "/slow/secret", "{path}");
+    }
+
+    // The catalog allowlist sees creation however it is spelled.
+    let post = |path: &str| {
+        let body = json!({"sourceDefinition": {"name": "Postgres"}}).to_string();
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let before = upstream.seen().len();
+    for path in [
+        "/api/v1/source_definitions/%63reate",
+        "/api/v1/source%5fdefinitions/create",
+        "/api/v1/source_definitions/create/.",
+        "/api/v1/x/../source_definitions//create",
+    ] {
+        let (status, body) = raw_request(&server, post(path)).await;
+        assert!(status.contains(" 403 "), "{path}: {status} {body}");
+        assert!(body.contains("connector-not-listed"), "{path}: {body}");
+    }
+    // What cannot be normalised safely is refused, with the reason.
+    for (path, why) in [
+        ("/api/v1/source_definitions/create;x", "';'"),
+        ("/api/v1/source_definitions/create%2f", "%2F"),
+        ("/api/v1/source_definitions%2Fcreate", "%2F"),
+        ("/a%5cb", "%5C"),
+        ("/a%252f", "%25"),
+        ("/a%00", "control character"),
+        ("/a%zz", "malformed"),
+    ] {
+        let (status, body) = raw_request(&server, post(path)).await;
+        assert!(status.contains(" 400 "), "{path}: {status} {body}");
+        assert!(body.contains(why), "{path}: {body}");
+    }
+    // Methods are case-sensitive: `post` is not forwarded as if it were POST.
+    let (status, body) =
+        raw_request(&server, post("/api/v1/source_definitions/create").replacen("POST", "post", 1)).await;
+    assert!(status.contains(" 400 ") && body.contains("not upper case"), "{status} {body}");
+    assert_eq!(upstream.seen().len(), before, "nothing refused reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_header_is_visible_to_plugins_and_forwarding_headers_are_tollgates() {
+    let upstream = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let router = json!({
+        "keys": [{"kid": "client-1", "algorithm": "RS256", "pem": data("jwt/client-rs256.pub.pem")}],
+        "orgs": {"org-a": {"upstream": upstream.url(), "backendToken": "backend-token-a"}}
+    });
+    install(dir.path(), "jwt-org-router", guests::JWT_ORG_ROUTER, Some(&router.to_string()));
+    // The SSO proxy's header is X-Auth-Email; a client's copy must go.
+    let emails =
+        json!({"emails": ["alice@example.org"], "identityHeader": "X-Auth-Email", "trustedProxies": ["10.0.0.0/8"]});
+    install(dir.path(), "email-allowlist", guests::EMAIL_ALLOWLIST, Some(&emails.to_string()));
+    let server = Server::start(dir.path(), &[]);
+    let token = rs256(json!({"org": "org-a", "email": "alice@example.org", "exp": now() + 600}));
+    let ask = || http().get(gateway_url(&server, "/")).header("authorization", format!("Bearer {token}"));
+
+    // A UTF-8 value beyond ASCII is shown to the allowlist, which removes it.
+    let value = http::HeaderValue::from_bytes("bøss@example.org".as_bytes()).unwrap();
+    let response = ask().header("x-auth-email", value).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.seen().pop().unwrap().header("x-auth-email"), None, "the client's copy is removed");
+    // A value that is not UTF-8 cannot be shown to plugins: refused.
+    let before = upstream.seen().len();
+    let value = http::HeaderValue::from_bytes(b"boss@example.org\xe9").unwrap();
+    let response = ask().header("x-auth-email", value).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("x-auth-email is not UTF-8"));
+    assert_eq!(upstream.seen().len(), before);
+
+    // Forwarding headers are Tollgate's: a client's are dropped or replaced.
+    let response = ask()
+        .header("x-real-ip", "10.1.2.3")
+        .header("x-original-url", "/admin")
+        .header("x_forwarded_for", "10.1.2.3")
+        .header("x_auth_email", "alice@example.org")
+        .header("true-client-ip", "10.1.2.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    for dropped in ["x-original-url", "x_forwarded_for", "x_auth_email", "true-client-ip"] {
+        assert_eq!(seen.header(dropped), None, "{dropped} reached the upstream");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_still_streaming_is_not_an_idle_connection() {
+    let upstream = Upstream::start("big").await;
+    let dir = tempfile::tempdir().unwrap();
+    install_pass_route(dir.path(), &upstream.url());
+    let server = Server::start(dir.path(), &["--gateway-idle-secs", "1"]);
+    let total = 1usize << 20;
+    let mut response = http().get(gateway_url(&server, &format!("/stream?bytes={total}"))).send().await.unwrap();
+    let mut received = response.chunk().await.unwrap().unwrap().len();
+    // The upstream pauses for three idle timeouts before the rest.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    upstream.release();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        received += chunk.len();
+    }
+    assert_eq!(received, total);
+    let metrics = server.metrics_text().await;
+    assert!(!metrics.contains(r#"listener="gateway",reason="idle""#), "{metrics}");
 }

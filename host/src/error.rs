@@ -2,6 +2,7 @@
 //! can act, what to do.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::contract::Kind;
@@ -15,7 +16,7 @@ pub enum EngineError {
 }
 
 /// A call into a plugin failed. The plugin did not answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The epoch deadline interrupted the guest.
     #[error("ran past its deadline of {} ms", .0.as_millis())]
@@ -96,15 +97,24 @@ impl PluginError {
 }
 
 /// Why a plugin file was refused. Shown with the file name; the plugins that
-/// loaded keep serving.
-#[derive(Debug, thiserror::Error)]
+/// loaded keep serving. Clone, so a refusal can be listed again while its
+/// file stays as it is, without reading the file again.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Refusal {
     /// The file could not be read.
     #[error("cannot read the file: {0}")]
-    Read(std::io::Error),
-    /// Not WebAssembly at all.
+    Read(Arc<std::io::Error>),
+    /// Not WebAssembly at all (told from the first bytes: the rest is not read).
     #[error("is not a WebAssembly file (it does not start with the \\0asm header)")]
     NotWasm,
+    /// Larger than `--max-plugin-mib` (told from its size: it is not read).
+    #[error("is {}, over the plugin size limit of {} (--max-plugin-mib)", in_units(*size), in_units(*limit))]
+    TooLarge {
+        /// The file's size, in bytes.
+        size: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// A core module rather than a component.
     #[error(
         "is a core WebAssembly module, not a component: build the plugin for the wasm32-wasip2 \
@@ -153,7 +163,7 @@ pub enum Refusal {
         /// The settings file.
         file: PathBuf,
         /// What is wrong with it.
-        reason: String,
+        reason: SettingsError,
     },
     /// `configure()` failed.
     #[error("configure() {0}")]
@@ -161,7 +171,8 @@ pub enum Refusal {
     /// The plugin refused its settings.
     #[error("refused its settings: {message} ({settings})")]
     Settings {
-        /// The plugin's own message.
+        /// The plugin's own message, with what it quotes of the settings
+        /// redacted (see [`crate::redact`]).
         message: String,
         /// Where the settings came from, or where they were looked for.
         settings: String,
@@ -178,8 +189,93 @@ pub enum Refusal {
     },
 }
 
+/// What the `/plugins` page says instead of a plugin's own words, unless
+/// `--plugins-detail` is given.
+const WITHHELD: &str = "the plugin's message is in the log (serve with --plugins-detail to show it here)";
+
+impl Refusal {
+    /// The reason in the host's words only: what the plugin itself wrote
+    /// (its refusal of its settings, its last line on stderr when
+    /// `configure` trapped) is left out. Those are the plugin author's
+    /// text, which may quote settings in forms redaction cannot recognise;
+    /// the unauthenticated `/plugins` page shows them only on request.
+    pub fn host_words(&self) -> String {
+        match self {
+            Self::Settings { settings, .. } => format!("refused its settings ({settings}); {WITHHELD}"),
+            Self::Configure(CallError::Trap { trap, guest_said: Some(_) }) => {
+                format!("configure() trapped: {trap}; {WITHHELD}")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// True when the same files would be refused again for the same reason,
+    /// so a file refused for it need not be read again until it changes.
+    /// Not for failures that may pass on a second try: an I/O error, a
+    /// deadline missed on a busy machine, an instance pool that was full.
+    pub fn is_lasting(&self) -> bool {
+        let passing = |e: &CallError| matches!(e, CallError::Deadline(_) | CallError::Instantiate(_));
+        match self {
+            Self::Read(_) | Self::SettingsFile { reason: SettingsError::Read(_), .. } => false,
+            Self::Metadata(e) | Self::Configure(e) => !passing(e),
+            _ => true,
+        }
+    }
+}
+
+/// What is wrong with a settings file. Never quotes the file's content:
+/// reasons are logged and shown on `/plugins`, and settings hold secrets.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SettingsError {
+    /// It could not be read.
+    #[error("cannot read it: {0}")]
+    Read(Arc<std::io::Error>),
+    /// Larger than `--max-settings-kib` (told from its size: it is not read).
+    #[error("is {}, over the settings size limit of {} (--max-settings-kib)", in_units(*size), in_units(*limit))]
+    TooLarge {
+        /// The file's size, in bytes.
+        size: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// A symbolic link leading out of the plugin directory. Settings are
+    /// handed to the plugin and quoted in errors: a link to `/etc/shadow`
+    /// would give both the host's secrets. Links within the directory (a
+    /// ConfigMap volume's `name -> ..data/name`) are followed.
+    #[error(
+        "is a symbolic link to a file outside the plugin directory; only links within the directory are \
+         followed (as a ConfigMap or Secret volume makes them)"
+    )]
+    OutsideDir,
+    /// Not UTF-8 text.
+    #[error("is not UTF-8 text")]
+    NotText,
+    /// Not JSON; the parser's message, with anything it quotes redacted.
+    #[error("is not valid JSON: {0}")]
+    Json(String),
+    /// Not YAML; the parser's message, with anything it quotes redacted.
+    #[error("is not valid YAML: {0}")]
+    Yaml(String),
+    /// More than one settings file for one plugin.
+    #[error("several settings files for one plugin ({0}); keep one")]
+    Several(String),
+}
+
+/// A size in the unit its limit flag uses: MiB from 1 MiB, else KiB, else bytes.
+fn in_units(bytes: u64) -> String {
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    match bytes {
+        b if b >= MIB && b % MIB == 0 => format!("{} MiB", b / MIB),
+        b if b >= MIB => format!("{:.1} MiB", b as f64 / MIB as f64),
+        b if b >= KIB && b % KIB == 0 => format!("{} KiB", b / KIB),
+        b if b >= KIB => format!("{:.1} KiB", b as f64 / KIB as f64),
+        b => format!("{b} bytes"),
+    }
+}
+
 /// A refused plugin file and the reason.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{}: {reason}", file.display())]
 pub struct LoadError {
     /// The plugin file.

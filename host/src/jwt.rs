@@ -24,7 +24,7 @@
 //! token) until their real (possibly fractional) `exp` plus leeway, so a
 //! client reusing its token pays for the signature once.
 //!
-//! A refusal is a [`Refusal`], whose text says in words what failed; it
+//! A refusal is a [`TokenRefusal`], whose text says in words what failed; it
 //! reaches the plugin as a `jwt-error` (kind and that text).
 
 use std::collections::HashMap;
@@ -52,9 +52,9 @@ pub const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
 const QUOTED_CHARS: usize = 64;
 
 /// Why a token was refused, in words. Converts into the contract's
-/// [`JwtError`]: [`Refusal::kind`] and this text.
+/// [`JwtError`]: [`TokenRefusal::kind`] and this text.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Refusal {
+pub enum TokenRefusal {
     /// Not three dot-separated parts.
     #[error("the token is not a compact JWS (three base64url parts separated by dots)")]
     NotCompact,
@@ -174,48 +174,48 @@ pub enum DateProblem {
     TooLate,
 }
 
-impl Refusal {
+impl TokenRefusal {
     /// The contract's kind of refusal for this reason.
     pub fn kind(&self) -> JwtErrorKind {
         match self {
-            Refusal::NotCompact
-            | Refusal::BadHeader
-            | Refusal::NotBase64
-            | Refusal::NotUtf8
-            | Refusal::NotJson
-            | Refusal::NoAlgorithm
-            | Refusal::KidNotString
+            TokenRefusal::NotCompact
+            | TokenRefusal::BadHeader
+            | TokenRefusal::NotBase64
+            | TokenRefusal::NotUtf8
+            | TokenRefusal::NotJson
+            | TokenRefusal::NoAlgorithm
+            | TokenRefusal::KidNotString
             // The contract has no kind of its own for an extension the host
             // does not understand; the token is unusable as it stands.
-            | Refusal::CriticalExtensions { .. }
-            | Refusal::Unverifiable => JwtErrorKind::Malformed,
-            Refusal::AlgorithmNotAllowed { .. } => JwtErrorKind::AlgorithmNotAllowed,
-            Refusal::UnknownKey { .. } => JwtErrorKind::UnknownKey,
-            Refusal::BadSignature | Refusal::SignatureUnusable => JwtErrorKind::BadSignature,
-            Refusal::BadKey { .. } => JwtErrorKind::BadKey,
-            Refusal::MissingExp => JwtErrorKind::MissingExp,
-            Refusal::Expired => JwtErrorKind::Expired,
-            Refusal::NotYetValid => JwtErrorKind::NotYetValid,
-            Refusal::ClaimsNotObject
-            | Refusal::NotNumericDate { .. }
-            | Refusal::NotString { .. }
-            | Refusal::AudienceNotStrings
-            | Refusal::MissingClaim { .. }
-            | Refusal::WrongIssuer
-            | Refusal::WrongAudience
-            | Refusal::WrongSubject => JwtErrorKind::BadClaims,
+            | TokenRefusal::CriticalExtensions { .. }
+            | TokenRefusal::Unverifiable => JwtErrorKind::Malformed,
+            TokenRefusal::AlgorithmNotAllowed { .. } => JwtErrorKind::AlgorithmNotAllowed,
+            TokenRefusal::UnknownKey { .. } => JwtErrorKind::UnknownKey,
+            TokenRefusal::BadSignature | TokenRefusal::SignatureUnusable => JwtErrorKind::BadSignature,
+            TokenRefusal::BadKey { .. } => JwtErrorKind::BadKey,
+            TokenRefusal::MissingExp => JwtErrorKind::MissingExp,
+            TokenRefusal::Expired => JwtErrorKind::Expired,
+            TokenRefusal::NotYetValid => JwtErrorKind::NotYetValid,
+            TokenRefusal::ClaimsNotObject
+            | TokenRefusal::NotNumericDate { .. }
+            | TokenRefusal::NotString { .. }
+            | TokenRefusal::AudienceNotStrings
+            | TokenRefusal::MissingClaim { .. }
+            | TokenRefusal::WrongIssuer
+            | TokenRefusal::WrongAudience
+            | TokenRefusal::WrongSubject => JwtErrorKind::BadClaims,
         }
     }
 }
 
-impl From<Refusal> for JwtError {
-    fn from(refusal: Refusal) -> Self {
+impl From<TokenRefusal> for JwtError {
+    fn from(refusal: TokenRefusal) -> Self {
         JwtError { kind: refusal.kind(), message: refusal.to_string() }
     }
 }
 
 /// A parsed key, or why the PEM text is not one; by (algorithm, PEM).
-type KeyCache = HashMap<(u8, String), Result<Arc<DecodingKey>, Refusal>>;
+type KeyCache = HashMap<(u8, String), Result<Arc<DecodingKey>, TokenRefusal>>;
 
 /// Verified tokens by (policy fingerprint, token).
 type TokenCache = HashMap<(u64, String), Verified>;
@@ -252,19 +252,19 @@ impl Verifier {
     }
 
     /// Verifies at time `now` (since the epoch), through the token cache.
-    fn verify_at(&self, token: &str, policy: &JwtPolicy, now: Duration) -> Result<Arc<str>, Refusal> {
+    fn verify_at(&self, token: &str, policy: &JwtPolicy, now: Duration) -> Result<Arc<str>, TokenRefusal> {
         let cache_key = (fingerprint(policy), token.to_string());
         if let Some(hit) = self.tokens.lock().ok().and_then(|cache| cache.get(&cache_key).cloned()) {
             // Everything but expiry was checked when the token was cached,
             // and none of it changes with time.
-            return if now < hit.valid_until { Ok(hit.claims) } else { Err(Refusal::Expired) };
+            return if now < hit.valid_until { Ok(hit.claims) } else { Err(TokenRefusal::Expired) };
         }
         let verified = self.verify_uncached(token, policy, now)?;
         self.remember(cache_key, verified.clone(), now);
         Ok(verified.claims)
     }
 
-    fn verify_uncached(&self, token: &str, policy: &JwtPolicy, now: Duration) -> Result<Verified, Refusal> {
+    fn verify_uncached(&self, token: &str, policy: &JwtPolicy, now: Duration) -> Result<Verified, TokenRefusal> {
         let header = JoseHeader::read(token)?;
         let candidates = candidate_keys(policy, &header)?;
         let claims = self.check_signature(token, &header, &candidates)?;
@@ -274,14 +274,14 @@ impl Verifier {
 
     /// Checks the signature with each candidate key in turn and returns the
     /// claims of the first that verifies; checks no claim.
-    fn check_signature(&self, token: &str, header: &JoseHeader, candidates: &[&JwtKey]) -> Result<Value, Refusal> {
+    fn check_signature(&self, token: &str, header: &JoseHeader, candidates: &[&JwtKey]) -> Result<Value, TokenRefusal> {
         let mut validation = Validation::new(header.alg);
         // `check_claims` does all claim checks; see the module doc for why.
         validation.required_spec_claims.clear();
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        let mut last = Refusal::BadSignature;
+        let mut last = TokenRefusal::BadSignature;
         for key in candidates {
             let decoding = self.key(key)?;
             match jsonwebtoken::decode::<Value>(token, &decoding, &validation) {
@@ -311,7 +311,7 @@ impl Verifier {
     }
 
     /// The parsed key, from the cache or parsed now.
-    fn key(&self, key: &JwtKey) -> Result<Arc<DecodingKey>, Refusal> {
+    fn key(&self, key: &JwtKey) -> Result<Arc<DecodingKey>, TokenRefusal> {
         let cache_key = (key.algorithm as u8, key.pem.clone());
         if let Some(cached) = self.keys.lock().ok().and_then(|keys| keys.get(&cache_key).cloned()) {
             return cached;
@@ -323,7 +323,7 @@ impl Verifier {
             JwtAlgorithm::Eddsa => DecodingKey::from_ed_pem(pem),
         }
         .map(Arc::new)
-        .map_err(|_| Refusal::BadKey {
+        .map_err(|_| TokenRefusal::BadKey {
             key: describe_key(key),
             why: format!("it is not an {} public key in PEM", algorithm_name(key.algorithm)),
         });
@@ -351,28 +351,30 @@ struct JoseHeader {
 impl JoseHeader {
     /// Reads the header of a compact JWS, refusing `crit` and algorithms
     /// JWS does not define.
-    fn read(token: &str) -> Result<JoseHeader, Refusal> {
+    fn read(token: &str) -> Result<JoseHeader, TokenRefusal> {
         use base64::Engine as _;
         let mut parts = token.split('.');
         let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(Refusal::NotCompact);
+            return Err(TokenRefusal::NotCompact);
         };
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).map_err(|_| Refusal::BadHeader)?;
+        let bytes =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenRefusal::BadHeader)?;
         let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&bytes) else {
-            return Err(Refusal::BadHeader);
+            return Err(TokenRefusal::BadHeader);
         };
         if let Some(crit) = fields.get("crit") {
-            return Err(Refusal::CriticalExtensions { detail: describe_crit(crit) });
+            return Err(TokenRefusal::CriticalExtensions { detail: describe_crit(crit) });
         }
         let Some(Value::String(alg_name)) = fields.get("alg") else {
-            return Err(Refusal::NoAlgorithm);
+            return Err(TokenRefusal::NoAlgorithm);
         };
         // `none` and names JWS does not define do not parse.
-        let alg = Algorithm::from_str(alg_name).map_err(|_| Refusal::AlgorithmNotAllowed { alg: quoted(alg_name) })?;
+        let alg =
+            Algorithm::from_str(alg_name).map_err(|_| TokenRefusal::AlgorithmNotAllowed { alg: quoted(alg_name) })?;
         let kid = match fields.get("kid") {
             None => None,
             Some(Value::String(kid)) => Some(kid.clone()),
-            Some(_) => return Err(Refusal::KidNotString),
+            Some(_) => return Err(TokenRefusal::KidNotString),
         };
         Ok(JoseHeader { alg, alg_name: alg_name.clone(), kid })
     }
@@ -395,15 +397,15 @@ fn describe_crit(crit: &Value) -> String {
 
 /// The policy's keys that may verify a token with this header: those of its
 /// algorithm, narrowed to its `kid` when it names one.
-fn candidate_keys<'p>(policy: &'p JwtPolicy, header: &JoseHeader) -> Result<Vec<&'p JwtKey>, Refusal> {
+fn candidate_keys<'p>(policy: &'p JwtPolicy, header: &JoseHeader) -> Result<Vec<&'p JwtKey>, TokenRefusal> {
     let of_alg: Vec<&JwtKey> = policy.keys.iter().filter(|k| algorithm(k.algorithm) == header.alg).collect();
     if of_alg.is_empty() {
-        return Err(Refusal::AlgorithmNotAllowed { alg: quoted(&header.alg_name) });
+        return Err(TokenRefusal::AlgorithmNotAllowed { alg: quoted(&header.alg_name) });
     }
     let Some(kid) = &header.kid else { return Ok(of_alg) };
     let named: Vec<&JwtKey> = of_alg.into_iter().filter(|k| k.kid.as_deref() == Some(kid.as_str())).collect();
     if named.is_empty() {
-        return Err(Refusal::UnknownKey { kid: quoted(kid) });
+        return Err(TokenRefusal::UnknownKey { kid: quoted(kid) });
     }
     Ok(named)
 }
@@ -419,7 +421,7 @@ struct Registered<'c> {
 
 impl<'c> Registered<'c> {
     /// Reads the registered claims, refusing any of the wrong type.
-    fn read(claims: &'c Map<String, Value>) -> Result<Registered<'c>, Refusal> {
+    fn read(claims: &'c Map<String, Value>) -> Result<Registered<'c>, TokenRefusal> {
         let exp = numeric_date(claims, "exp")?;
         let nbf = numeric_date(claims, "nbf")?;
         // No policy field asks for `iat`, `sub` or `jti`; plugins may rely
@@ -433,10 +435,10 @@ impl<'c> Registered<'c> {
 }
 
 /// A NumericDate claim as a time since the epoch, if present.
-fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<Duration>, Refusal> {
+fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<Duration>, TokenRefusal> {
     claims
         .get(claim)
-        .map(|value| to_numeric_date(value).map_err(|problem| Refusal::NotNumericDate { claim, problem }))
+        .map(|value| to_numeric_date(value).map_err(|problem| TokenRefusal::NotNumericDate { claim, problem }))
         .transpose()
 }
 
@@ -457,40 +459,43 @@ fn to_numeric_date(value: &Value) -> Result<Duration, DateProblem> {
 }
 
 /// A string claim, if present.
-fn string_claim<'c>(claims: &'c Map<String, Value>, claim: &'static str) -> Result<Option<&'c str>, Refusal> {
+fn string_claim<'c>(claims: &'c Map<String, Value>, claim: &'static str) -> Result<Option<&'c str>, TokenRefusal> {
     match claims.get(claim) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(Refusal::NotString { claim }),
+        Some(_) => Err(TokenRefusal::NotString { claim }),
     }
 }
 
 /// `aud`: one string or an array of strings (RFC 7519 section 4.1.3).
-fn audience(claims: &Map<String, Value>) -> Result<Option<Vec<&str>>, Refusal> {
+fn audience(claims: &Map<String, Value>) -> Result<Option<Vec<&str>>, TokenRefusal> {
     match claims.get("aud") {
         None => Ok(None),
         Some(Value::String(one)) => Ok(Some(vec![one.as_str()])),
-        Some(Value::Array(many)) => {
-            many.iter().map(Value::as_str).collect::<Option<Vec<&str>>>().map(Some).ok_or(Refusal::AudienceNotStrings)
-        }
-        Some(_) => Err(Refusal::AudienceNotStrings),
+        Some(Value::Array(many)) => many
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<Vec<&str>>>()
+            .map(Some)
+            .ok_or(TokenRefusal::AudienceNotStrings),
+        Some(_) => Err(TokenRefusal::AudienceNotStrings),
     }
 }
 
 /// Checks the claims of a token whose signature verified, and returns until
 /// when the token holds (`exp` plus leeway).
-fn check_claims(claims: &Value, policy: &JwtPolicy, now: Duration) -> Result<Duration, Refusal> {
-    let Value::Object(claims) = claims else { return Err(Refusal::ClaimsNotObject) };
+fn check_claims(claims: &Value, policy: &JwtPolicy, now: Duration) -> Result<Duration, TokenRefusal> {
+    let Value::Object(claims) = claims else { return Err(TokenRefusal::ClaimsNotObject) };
     let registered = Registered::read(claims)?;
-    let exp = registered.exp.ok_or(Refusal::MissingExp)?;
+    let exp = registered.exp.ok_or(TokenRefusal::MissingExp)?;
     let leeway = Duration::from_secs(u64::from(policy.leeway_seconds));
     let valid_until = exp.saturating_add(leeway);
     // RFC 7519: valid strictly before `exp`, and from `nbf` on.
     if now >= valid_until {
-        return Err(Refusal::Expired);
+        return Err(TokenRefusal::Expired);
     }
     if registered.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
-        return Err(Refusal::NotYetValid);
+        return Err(TokenRefusal::NotYetValid);
     }
     check_issuer(registered.iss, policy.issuer.as_deref())?;
     check_audience(registered.aud.as_deref(), policy.audience.as_deref())?;
@@ -498,22 +503,22 @@ fn check_claims(claims: &Value, policy: &JwtPolicy, now: Duration) -> Result<Dur
 }
 
 /// The token's `iss` must be the policy's issuer, when it names one.
-fn check_issuer(iss: Option<&str>, required: Option<&str>) -> Result<(), Refusal> {
+fn check_issuer(iss: Option<&str>, required: Option<&str>) -> Result<(), TokenRefusal> {
     match (iss, required) {
         (_, None) => Ok(()),
-        (None, Some(_)) => Err(Refusal::MissingClaim { claim: "iss".into() }),
+        (None, Some(_)) => Err(TokenRefusal::MissingClaim { claim: "iss".into() }),
         (Some(iss), Some(required)) if iss == required => Ok(()),
-        (Some(_), Some(_)) => Err(Refusal::WrongIssuer),
+        (Some(_), Some(_)) => Err(TokenRefusal::WrongIssuer),
     }
 }
 
 /// The token's `aud` must include the policy's audience, when it names one.
-fn check_audience(aud: Option<&[&str]>, required: Option<&str>) -> Result<(), Refusal> {
+fn check_audience(aud: Option<&[&str]>, required: Option<&str>) -> Result<(), TokenRefusal> {
     match (aud, required) {
         (_, None) => Ok(()),
-        (None, Some(_)) => Err(Refusal::MissingClaim { claim: "aud".into() }),
+        (None, Some(_)) => Err(TokenRefusal::MissingClaim { claim: "aud".into() }),
         (Some(aud), Some(required)) if aud.contains(&required) => Ok(()),
-        (Some(_), Some(_)) => Err(Refusal::WrongAudience),
+        (Some(_), Some(_)) => Err(TokenRefusal::WrongAudience),
     }
 }
 
@@ -553,37 +558,37 @@ fn algorithm(alg: JwtAlgorithm) -> Algorithm {
 /// A jsonwebtoken error as a refusal in words (its own `Display` prints
 /// type names such as `InvalidAlgorithm`). Claim errors cannot happen with
 /// the validation `check_signature` uses, but are mapped all the same.
-fn classify(e: &jsonwebtoken::errors::Error, header: &JoseHeader) -> Refusal {
+fn classify(e: &jsonwebtoken::errors::Error, header: &JoseHeader) -> TokenRefusal {
     use jsonwebtoken::errors::ErrorKind as K;
     match e.kind() {
-        K::InvalidToken => Refusal::NotCompact,
-        K::InvalidSignature => Refusal::BadSignature,
-        K::Crypto(_) => Refusal::SignatureUnusable,
+        K::InvalidToken => TokenRefusal::NotCompact,
+        K::InvalidSignature => TokenRefusal::BadSignature,
+        K::Crypto(_) => TokenRefusal::SignatureUnusable,
         K::InvalidAlgorithm | K::InvalidAlgorithmName | K::MissingAlgorithm => {
-            Refusal::AlgorithmNotAllowed { alg: quoted(&header.alg_name) }
+            TokenRefusal::AlgorithmNotAllowed { alg: quoted(&header.alg_name) }
         }
         K::InvalidEcdsaKey => bad_key("it is not a valid ECDSA key"),
         K::InvalidRsaKey(_) => bad_key("it is not a valid RSA key"),
         K::InvalidKeyFormat => bad_key("it is not in a format its algorithm accepts"),
         K::RsaFailedSigning => bad_key("signing with it failed"),
-        K::MissingRequiredClaim(claim) if claim == "exp" => Refusal::MissingExp,
-        K::MissingRequiredClaim(claim) => Refusal::MissingClaim { claim: claim.clone() },
-        K::ExpiredSignature => Refusal::Expired,
-        K::ImmatureSignature => Refusal::NotYetValid,
-        K::InvalidIssuer => Refusal::WrongIssuer,
-        K::InvalidAudience => Refusal::WrongAudience,
-        K::InvalidSubject => Refusal::WrongSubject,
-        K::Base64(_) => Refusal::NotBase64,
-        K::Utf8(_) => Refusal::NotUtf8,
-        K::Json(_) => Refusal::NotJson,
+        K::MissingRequiredClaim(claim) if claim == "exp" => TokenRefusal::MissingExp,
+        K::MissingRequiredClaim(claim) => TokenRefusal::MissingClaim { claim: claim.clone() },
+        K::ExpiredSignature => TokenRefusal::Expired,
+        K::ImmatureSignature => TokenRefusal::NotYetValid,
+        K::InvalidIssuer => TokenRefusal::WrongIssuer,
+        K::InvalidAudience => TokenRefusal::WrongAudience,
+        K::InvalidSubject => TokenRefusal::WrongSubject,
+        K::Base64(_) => TokenRefusal::NotBase64,
+        K::Utf8(_) => TokenRefusal::NotUtf8,
+        K::Json(_) => TokenRefusal::NotJson,
         // The enum is non-exhaustive.
-        _ => Refusal::Unverifiable,
+        _ => TokenRefusal::Unverifiable,
     }
 }
 
 /// A key refused by the crypto library; which one is not known there.
-fn bad_key(why: &str) -> Refusal {
-    Refusal::BadKey { key: "one matching the token".into(), why: why.into() }
+fn bad_key(why: &str) -> TokenRefusal {
+    TokenRefusal::BadKey { key: "one matching the token".into(), why: why.into() }
 }
 
 /// Identifies a policy for the token cache: a token verified under one
@@ -711,7 +716,7 @@ mod tests {
             (format!(r#"{{"exp":"{exp}"}}"#), "exp", DateProblem::NotANumber),
         ] {
             let e = refusal(&rs256_claims(&claims), &rs_policy());
-            let expected = Refusal::NotNumericDate { claim, problem };
+            let expected = TokenRefusal::NotNumericDate { claim, problem };
             assert_eq!((e.kind, e.message.as_str()), (expected.kind(), expected.to_string().as_str()), "{claims}");
         }
     }
@@ -742,10 +747,10 @@ mod tests {
         // Leeway 30 s: valid until now + 630.25 s, cached or not.
         let at = |offset_ms: u64| now + Duration::from_millis(offset_ms);
         assert!(verifier.verify_at(&t, &rs_policy(), at(630_200)).is_ok());
-        assert_eq!(verifier.verify_at(&t, &rs_policy(), at(630_300)), Err(Refusal::Expired));
+        assert_eq!(verifier.verify_at(&t, &rs_policy(), at(630_300)), Err(TokenRefusal::Expired));
         let fresh = Verifier::default();
         assert!(fresh.verify_at(&t, &rs_policy(), at(630_200)).is_ok());
-        assert_eq!(Verifier::default().verify_at(&t, &rs_policy(), at(630_300)), Err(Refusal::Expired));
+        assert_eq!(Verifier::default().verify_at(&t, &rs_policy(), at(630_300)), Err(TokenRefusal::Expired));
     }
 
     #[test]

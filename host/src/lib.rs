@@ -31,6 +31,7 @@ pub mod loader;
 pub mod metadata;
 pub mod metrics;
 pub mod plugin;
+pub mod redact;
 pub mod registry;
 pub mod reload;
 pub mod sandbox;

@@ -4,6 +4,8 @@
 //! the file name and the first reason that applies. Loading is blocking CPU
 //! work (compilation): call it from a blocking thread, not the async runtime.
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,21 +16,45 @@ use wasmtime::component::{Component, InstancePre};
 use crate::cache::CodeCache;
 use crate::contract::{self, Kind, admission, allowlist, route};
 use crate::engine::Runtime;
-use crate::error::{DirError, LoadError, Refusal};
+use crate::error::{CallError, DirError, LoadError, Refusal, SettingsError};
 use crate::instances::{Exports, Instances};
 use crate::metadata::PluginMetadata;
 use crate::plugin::Plugin;
 use crate::registry::{LoadReport, Registry};
-use crate::reload;
 use crate::sandbox::{self, Sandbox};
 use crate::snapshot::SnapshotError;
 use crate::validation;
+use crate::{redact, reload};
 
 /// Extension of plugin files.
 pub const PLUGIN_EXTENSION: &str = "wasm";
 
 /// Settings files beside `<stem>.wasm`, in the order they are looked for.
 const SETTINGS_SUFFIXES: [&str; 3] = [".settings.json", ".settings.yaml", ".settings.yml"];
+
+/// Default cap on a plugin file: 64 MiB. The reference plugins are well
+/// under 1 MiB; components that carry a language runtime (Python through
+/// componentize-py, about 40 MiB) still fit.
+pub const DEFAULT_MAX_PLUGIN_BYTES: u64 = 64 << 20;
+/// Default cap on a settings file: 1 MiB, what a ConfigMap holds in all.
+pub const DEFAULT_MAX_SETTINGS_BYTES: u64 = 1 << 20;
+
+/// How large the files of a plugin directory may be. A file over its cap is
+/// refused from its size, before it is read: a 500 MB file dropped in the
+/// directory once took the host's memory with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimits {
+    /// Largest plugin (`.wasm`) file, in bytes.
+    pub max_plugin_bytes: u64,
+    /// Largest settings file, in bytes.
+    pub max_settings_bytes: u64,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self { max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES, max_settings_bytes: DEFAULT_MAX_SETTINGS_BYTES }
+    }
+}
 
 /// Settings handed to a plugin's `configure`, always as JSON text.
 #[derive(Debug, Clone)]
@@ -49,58 +75,74 @@ impl Settings {
         Self { json: "{}".into(), file: None, looked_for: None }
     }
 
-    /// Reads a JSON or YAML settings file; YAML is converted to JSON so
-    /// plugins parse one format.
+    /// Reads a JSON or YAML settings file named by the user (`tollgate eval
+    /// --settings`), wherever it is, up to [`DEFAULT_MAX_SETTINGS_BYTES`];
+    /// YAML is converted to JSON so plugins parse one format.
     pub fn from_file(file: &Path) -> Result<Self, Refusal> {
-        let refuse = |reason: String| Refusal::SettingsFile { file: file.to_path_buf(), reason };
-        let text = std::fs::read_to_string(file).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+        Self::read(file, None, DEFAULT_MAX_SETTINGS_BYTES)
+    }
+
+    /// Reads a settings file of a plugin directory: at most `max_bytes`, and
+    /// only from within `dir` (the canonical directory) once symbolic
+    /// links are followed.
+    fn read(file: &Path, dir: Option<&Path>, max_bytes: u64) -> Result<Self, Refusal> {
+        let refuse = |reason| Refusal::SettingsFile { file: file.to_path_buf(), reason };
+        let text = read_settings_text(file, dir, max_bytes).map_err(refuse)?;
         Self::from_text(&text, file).map_err(refuse)
     }
 
     /// Parses settings text; `file` decides JSON or YAML by its extension.
-    pub fn from_text(text: &str, file: &Path) -> Result<Self, String> {
+    /// A parse error keeps the parser's words and position but nothing it
+    /// quotes of the text (see [`redact::parse_error`]).
+    pub fn from_text(text: &str, file: &Path) -> Result<Self, SettingsError> {
         let is_yaml = file.extension().is_some_and(|e| e == "yaml" || e == "yml");
         let value: serde_json::Value = if is_yaml {
-            serde_yaml::from_str(text).map_err(|e| format!("is not valid YAML: {e}"))?
+            serde_yaml::from_str(text).map_err(|e| SettingsError::Yaml(redact::parse_error(&e.to_string())))?
         } else {
-            serde_json::from_str(text).map_err(|e| format!("is not valid JSON: {e}"))?
+            serde_json::from_str(text).map_err(|e| SettingsError::Json(redact::parse_error(&e.to_string())))?
         };
         Ok(Self { json: value.to_string(), file: Some(file.to_path_buf()), looked_for: None })
     }
 
+    /// Every file name a settings file beside `wasm` may have, in the order
+    /// they are looked for (see [`Settings::beside`]).
+    pub fn candidates(wasm: &Path) -> Vec<PathBuf> {
+        settings_stems(wasm)
+            .iter()
+            .flat_map(|stem| SETTINGS_SUFFIXES.iter().map(move |suffix| format!("{stem}{suffix}")))
+            .map(|name| wasm.with_file_name(name))
+            .collect()
+    }
+
     /// The settings file beside a plugin file, if there is exactly one, else
-    /// no settings (saying where they were looked for).
+    /// no settings (saying where they were looked for). It is read only if
+    /// it is at most `max_bytes` and, links followed, inside the plugin's
+    /// directory.
     ///
     /// Beside `<stem>.wasm` it is `<stem>.settings.json` (or `.yaml`, `.yml`),
     /// with `-` and `_` in the stem taken as the same: cargo writes crate
     /// `my-policy` as `my_policy.wasm`, while its settings file is named
     /// after the crate.
-    pub fn beside(wasm: &Path) -> Result<Self, Refusal> {
-        let Some(stem) = wasm.file_stem().and_then(|s| s.to_str()) else { return Ok(Self::none()) };
-        let mut stems = vec![stem.to_string()];
-        for twin in [stem.replace('_', "-"), stem.replace('-', "_")] {
-            if !stems.contains(&twin) {
-                stems.push(twin);
-            }
-        }
-        let found: Vec<PathBuf> = stems
-            .iter()
-            .flat_map(|stem| SETTINGS_SUFFIXES.iter().map(move |suffix| format!("{stem}{suffix}")))
-            .map(|name| wasm.with_file_name(name))
-            .filter(|p| p.is_file())
-            .collect();
+    pub fn beside(wasm: &Path, max_bytes: u64) -> Result<Self, Refusal> {
+        let found: Vec<PathBuf> = Self::candidates(wasm).into_iter().filter(|p| p.is_file()).collect();
         match found.as_slice() {
             [] => {
                 let dir = wasm.parent().map_or_else(String::new, |d| format!(" in {}", d.display()));
-                let names: Vec<String> = stems.iter().map(|s| format!("{s}.settings.json")).collect();
+                let names: Vec<String> = settings_stems(wasm).iter().map(|s| format!("{s}.settings.json")).collect();
                 Ok(Self { looked_for: Some(format!("{} (or .yaml, .yml){dir}", names.join(", "))), ..Self::none() })
             }
-            [one] => Self::from_file(one),
+            [one] => {
+                let dir = wasm.parent().unwrap_or(Path::new("."));
+                let dir = dir.canonicalize().map_err(|e| Refusal::SettingsFile {
+                    file: one.clone(),
+                    reason: SettingsError::Read(Arc::new(e)),
+                })?;
+                Self::read(one, Some(&dir), max_bytes)
+            }
             [first, ..] => Err(Refusal::SettingsFile {
                 file: first.clone(),
-                reason: format!(
-                    "several settings files for one plugin ({}); keep one",
-                    found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                reason: SettingsError::Several(
+                    found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
                 ),
             }),
         }
@@ -116,17 +158,108 @@ impl Settings {
     }
 }
 
+/// The stems a settings file beside `wasm` may have: its own, and with `_`
+/// and `-` swapped.
+fn settings_stems(wasm: &Path) -> Vec<String> {
+    let Some(stem) = wasm.file_stem().and_then(|s| s.to_str()) else { return Vec::new() };
+    let mut stems = vec![stem.to_string()];
+    for twin in [stem.replace('_', "-"), stem.replace('-', "_")] {
+        if !stems.contains(&twin) {
+            stems.push(twin);
+        }
+    }
+    stems
+}
+
+/// The text of a settings file: opened first, then checked (where it really
+/// is, its size) on the open file, so the file checked is the file read even
+/// if a link is swapped meanwhile; and read no further than `max_bytes`,
+/// even if it grows.
+fn read_settings_text(file: &Path, dir: Option<&Path>, max_bytes: u64) -> Result<String, SettingsError> {
+    let io = |e| SettingsError::Read(Arc::new(e));
+    let mut opened = File::open(file).map_err(io)?;
+    if let Some(dir) = dir
+        && !real_path(&opened, file).map_err(io)?.starts_with(dir)
+    {
+        return Err(SettingsError::OutsideDir);
+    }
+    let size = opened.metadata().map_err(io)?.len();
+    if size > max_bytes {
+        return Err(SettingsError::TooLarge { size, limit: max_bytes });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    (&mut opened).take(max_bytes + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(SettingsError::TooLarge { size: bytes.len() as u64, limit: max_bytes });
+    }
+    String::from_utf8(bytes).map_err(|_| SettingsError::NotText)
+}
+
+/// Where an open file really is, every link resolved: from `/proc` for the
+/// file as opened, else (no `/proc`) by resolving its path again.
+fn real_path(opened: &File, path: &Path) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).or_else(|_| path.canonicalize())
+}
+
+/// Reads a plugin file, its header first: a file that is not WebAssembly is
+/// refused from its first 8 bytes, and one over `max_bytes` from its size,
+/// without reading the rest. The read stops past `max_bytes` should the file
+/// grow meanwhile.
+pub fn read_plugin(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Refusal> {
+    let io = |e| Refusal::Read(Arc::new(e));
+    let mut file = File::open(path).map_err(io)?;
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    (&mut file).take(HEADER_LEN as u64).read_to_end(&mut header).map_err(io)?;
+    sniff(&header)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > max_bytes {
+        return Err(Refusal::TooLarge { size, limit: max_bytes });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    bytes.extend_from_slice(&header);
+    (&mut file).take((max_bytes + 1).saturating_sub(HEADER_LEN as u64)).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(Refusal::TooLarge { size: bytes.len() as u64, limit: max_bytes });
+    }
+    Ok(bytes)
+}
+
 /// Loads plugins into a runtime.
 #[derive(Clone)]
 pub struct Loader {
     runtime: Arc<Runtime>,
     cache: Option<Arc<CodeCache>>,
+    limits: FileLimits,
 }
 
 impl Loader {
-    /// A loader for `runtime`, without a compiled-code cache.
+    /// A loader for `runtime`, without a compiled-code cache, with the
+    /// default [`FileLimits`].
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime, cache: None }
+        Self { runtime, cache: None, limits: FileLimits::default() }
+    }
+
+    /// Caps the files it reads at `limits`.
+    pub fn with_limits(mut self, limits: FileLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How large the files it reads may be.
+    pub fn limits(&self) -> FileLimits {
+        self.limits
+    }
+
+    /// Reads a plugin file under this loader's cap (see [`read_plugin`]).
+    pub fn read_plugin(&self, path: &Path) -> Result<Vec<u8>, Refusal> {
+        read_plugin(path, self.limits.max_plugin_bytes)
+    }
+
+    /// The settings beside a plugin file, under this loader's cap (see
+    /// [`Settings::beside`]).
+    pub fn settings_beside(&self, wasm: &Path) -> Result<Settings, Refusal> {
+        Settings::beside(wasm, self.limits.max_settings_bytes)
     }
 
     /// Keeps compiled plugins in `cache`, so an unchanged file is never
@@ -144,8 +277,8 @@ impl Loader {
     /// Loads one plugin file and the settings file beside it.
     pub fn load_file(&self, wasm: &Path) -> Result<Plugin, LoadError> {
         let fail = |reason| LoadError { file: wasm.to_path_buf(), reason };
-        let bytes = std::fs::read(wasm).map_err(|e| fail(Refusal::Read(e)))?;
-        let settings = Settings::beside(wasm).map_err(fail)?;
+        let bytes = self.read_plugin(wasm).map_err(fail)?;
+        let settings = self.settings_beside(wasm).map_err(fail)?;
         self.load_bytes(wasm, &bytes, settings)
     }
 
@@ -235,10 +368,10 @@ impl Loader {
             Some(snapshotter) => {
                 match snapshotter.configure(&name, bytes, kind, &contract_version, &settings.json, deadline) {
                     Ok(configured) => Some(configured),
-                    Err(SnapshotError::Call(error)) => return Err(Refusal::Configure(error)),
-                    Err(SnapshotError::Refused(message)) => {
-                        return Err(Refusal::Settings { message, settings: settings.origin() });
+                    Err(SnapshotError::Call(error)) => {
+                        return Err(Refusal::Configure(redact_guest_said(error, &settings.json)));
                     }
+                    Err(SnapshotError::Refused(message)) => return Err(settings_refused(&message, &settings)),
                     Err(SnapshotError::Unsupported(why)) => {
                         tracing::warn!(plugin = %name, %why, "no configured snapshot; configuring on every call");
                         None
@@ -271,8 +404,8 @@ impl Loader {
                             }
                         })
                     }))
-                    .map_err(Refusal::Configure)?;
-                accepted.map_err(|message| Refusal::Settings { message, settings: settings.origin() })?;
+                    .map_err(|error| Refusal::Configure(redact_guest_said(error, &settings.json)))?;
+                accepted.map_err(|message| settings_refused(&message, &settings))?;
                 (pre, exports, false, component)
             }
         };
@@ -293,6 +426,23 @@ impl Loader {
             instances: Instances::new(self.runtime.clone(), pre, exports, configured),
             runtime: self.runtime.clone(),
         })
+    }
+}
+
+/// The plugin refused `settings` with `message`, which is redacted: it is
+/// the plugin author's text, and often quotes the value it did not like.
+fn settings_refused(message: &str, settings: &Settings) -> Refusal {
+    Refusal::Settings { message: redact::plugin_message(message, &settings.json), settings: settings.origin() }
+}
+
+/// A failed `configure` call, with what the plugin last wrote on stderr (a
+/// panic message may quote its settings) redacted.
+fn redact_guest_said(error: CallError, settings_json: &str) -> CallError {
+    match error {
+        CallError::Trap { trap, guest_said: Some(said) } => {
+            CallError::Trap { trap, guest_said: Some(redact::plugin_message(&said, settings_json)) }
+        }
+        other => other,
     }
 }
 
@@ -320,6 +470,10 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
     files.sort();
     Ok(files)
 }
+
+/// Bytes of a WebAssembly header: `\0asm`, then a version (core modules) or
+/// a version and layer (components).
+const HEADER_LEN: usize = 8;
 
 /// Tells a component from a core module from anything else by the header,
 /// so the operator gets the precise reason.
@@ -388,7 +542,59 @@ mod tests {
     fn yaml_settings_become_json() {
         let s = Settings::from_text("emails:\n  - a@b.c\n", Path::new("x.settings.yaml")).unwrap();
         assert_eq!(s.json, r#"{"emails":["a@b.c"]}"#);
-        let err = Settings::from_text("{not json", Path::new("x.settings.json")).unwrap_err();
+        let err = Settings::from_text("{not json", Path::new("x.settings.json")).unwrap_err().to_string();
         assert!(err.contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn a_plugin_file_is_refused_from_its_header_or_size_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("big.wasm");
+        std::fs::write(&text, b"hello, not wasm").unwrap();
+        assert!(matches!(read_plugin(&text, 4), Err(Refusal::NotWasm)), "the header decides before the size");
+        let component = dir.path().join("c.wasm");
+        std::fs::write(&component, b"\0asm\x0d\0\x01\0and then some").unwrap();
+        let refused = read_plugin(&component, 10).unwrap_err();
+        assert!(matches!(refused, Refusal::TooLarge { size: 21, limit: 10 }), "{refused}");
+        assert!(refused.to_string().contains("--max-plugin-mib"), "{refused}");
+        assert_eq!(read_plugin(&component, 21).unwrap().len(), 21);
+    }
+
+    #[test]
+    fn settings_are_read_within_the_directory_and_their_size_limit() {
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret.yaml");
+        std::fs::write(&secret, "password: hunter2-very-secret\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let wasm = root.join("p.wasm");
+        // A ConfigMap volume: `name -> ..data/name`, `..data -> ..<timestamp>`.
+        std::fs::create_dir(root.join("..2026_01_01")).unwrap();
+        std::fs::write(root.join("..2026_01_01/p.settings.json"), r#"{"a": 1}"#).unwrap();
+        std::os::unix::fs::symlink("..2026_01_01", root.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/p.settings.json", root.join("p.settings.json")).unwrap();
+        assert_eq!(Settings::beside(&wasm, 1024).unwrap().json, r#"{"a":1}"#);
+        assert!(matches!(
+            Settings::beside(&wasm, 4),
+            Err(Refusal::SettingsFile { reason: SettingsError::TooLarge { size: 8, limit: 4 }, .. })
+        ));
+
+        std::fs::remove_file(root.join("p.settings.json")).unwrap();
+        std::os::unix::fs::symlink(&secret, root.join("p.settings.yaml")).unwrap();
+        let refused = Settings::beside(&wasm, 1024).unwrap_err().to_string();
+        assert!(refused.contains("outside the plugin directory"), "{refused}");
+        assert!(!refused.contains("hunter2"), "{refused}");
+    }
+
+    #[test]
+    fn a_settings_parse_error_does_not_quote_the_file() {
+        let err = Settings::from_text("token: !!int Bearer SUPERSECRET\n", Path::new("x.settings.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("SUPERSECRET") && err.contains("expected an integer at line 1"), "{err}");
+        let err = Settings::from_text("{\"token\": \"Bearer SUPERSECRET\" x}", Path::new("x.settings.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("SUPERSECRET") && err.contains("line 1 column"), "{err}");
     }
 }

@@ -13,9 +13,10 @@ use clap::{Args, Parser, Subcommand};
 use tollgate::docs::DocsFormat;
 use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::gateway::proxy::UpstreamOptions;
-use tollgate::loader::{Loader, Settings};
+use tollgate::loader::{DEFAULT_MAX_PLUGIN_BYTES, DEFAULT_MAX_SETTINGS_BYTES, FileLimits, Loader, Settings};
 use tollgate::registry::LoadReport;
 use tollgate::serve::admission::{DEFAULT_MAX_REVIEW_BYTES, DEFAULT_REVIEW_MEMORY_BYTES, ReviewLimits};
+use tollgate::serve::limits::{Limits, peer_share, raise_open_files};
 use tollgate::serve::{GatewayOptions, ServeOptions, SyncOptions};
 use tollgate::sync::ClusterConfig;
 use tollgate::tls::{CertSource, TlsOptions};
@@ -88,6 +89,19 @@ struct ServeArgs {
     /// Do not watch the plugin directory (plugins change only on restart).
     #[arg(long)]
     no_watch: bool,
+    /// Largest plugin file, in MiB: a larger one is refused from its size,
+    /// without being read.
+    #[arg(long, default_value_t = (DEFAULT_MAX_PLUGIN_BYTES >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_plugin_mib: u32,
+    /// Largest settings file, in KiB: a larger one is refused from its
+    /// size, without being read.
+    #[arg(long, default_value_t = (DEFAULT_MAX_SETTINGS_BYTES >> 10) as u32, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    max_settings_kib: u32,
+    /// Show plugins' own messages (why a plugin refused its settings, what
+    /// it printed when configure trapped) in /plugins, which has no
+    /// authentication. They are always logged, settings values redacted.
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    plugins_detail: bool,
     /// Where compiled plugins are kept between runs (default:
     /// $XDG_CACHE_HOME/tollgate, or ~/.cache/tollgate).
     #[arg(long, env = "TOLLGATE_CACHE_DIR")]
@@ -145,6 +159,74 @@ struct ServeArgs {
     webhooks: WebhookArgs,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What each listener takes on at once. Connection caps default to shares
+/// of the open-files limit (raised to its hard limit at start).
+#[derive(Args)]
+struct LimitArgs {
+    /// Of --max-instances, the plugin calls admission may run at once
+    /// (default: a quarter); the gateway gets the rest. Neither budget can
+    /// starve the other.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    admission_calls: Option<u32>,
+    /// How long a gateway plugin call waits for a free call before the
+    /// request is answered 503 with Retry-After, in milliseconds.
+    #[arg(long, default_value_t = tollgate::serve::limits::GATEWAY_WAIT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS * 1000))]
+    gateway_wait_ms: u64,
+    /// Connections the admission listener keeps open at once (default: an
+    /// eighth of the open-files limit, 16 to 1024).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_admission_connections: Option<u32>,
+    /// Connections the gateway keeps open at once (default: about half of
+    /// the open-files limit left after admission's share).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_gateway_connections: Option<u32>,
+    /// Time from connecting to the end of the TLS handshake, and from there
+    /// to the first request's headers, in seconds.
+    #[arg(long, default_value_t = tollgate::serve::listener::HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
+    header_timeout_secs: u64,
+    /// Seconds an admission connection stays open with no request (longer
+    /// than the API server's own 90 s, so it closes first).
+    #[arg(long, default_value_t = tollgate::serve::limits::ADMISSION_IDLE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
+    admission_idle_secs: u64,
+    /// Seconds a gateway connection stays open with no request.
+    #[arg(long, default_value_t = tollgate::serve::limits::GATEWAY_IDLE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
+    gateway_idle_secs: u64,
+}
+
+/// Longest connection timeout (and gateway wait) accepted: a day.
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+impl LimitArgs {
+    /// The limits, from the open-files limit (raised first) and `max_calls`.
+    fn limits(&self, max_calls: u32) -> Result<Limits> {
+        let mut limits = Limits::new(raise_open_files(), max_calls as usize);
+        if let Some(calls) = self.admission_calls {
+            if calls >= max_calls {
+                bail!("--admission-calls {calls} leaves no call of --max-instances {max_calls} for the gateway");
+            }
+            limits.admission_calls = calls as usize;
+            limits.gateway_calls = (max_calls.saturating_sub(calls) as usize).max(1);
+        }
+        limits.gateway_wait = Duration::from_millis(self.gateway_wait_ms);
+        let header_timeout = Duration::from_secs(self.header_timeout_secs);
+        for (listener, max, idle) in [
+            (&mut limits.admission, self.max_admission_connections, self.admission_idle_secs),
+            (&mut limits.gateway, self.max_gateway_connections, self.gateway_idle_secs),
+        ] {
+            if let Some(max) = max {
+                listener.max_connections = max as usize;
+                listener.max_per_peer = listener.max_per_peer.map(|_| peer_share(max as usize));
+            }
+            listener.header_timeout = header_timeout;
+            listener.idle_timeout = Duration::from_secs(idle);
+        }
+        limits.metrics.header_timeout = header_timeout;
+        Ok(limits)
+    }
 }
 
 #[derive(Args)]
@@ -278,8 +360,9 @@ struct EngineArgs {
     /// milliseconds (admission calls get their webhook timeout less a margin).
     #[arg(long, default_value_t = 1000)]
     deadline_ms: u64,
-    /// Plugin calls running at once; more wait. As many instances again
-    /// may be kept idle for reuse.
+    /// Plugin calls running at once, admission's and the gateway's
+    /// together (see --admission-calls); more wait. As many instances
+    /// again may be kept idle for reuse.
     #[arg(long, default_value_t = 128)]
     max_instances: u32,
     /// Calls one plugin instance serves before it is replaced by a fresh
@@ -358,16 +441,23 @@ fn serve(mut args: ServeArgs) -> Result<ExitCode> {
     {
         args.webhooks.ca_bundle = None;
     }
+    let limits = args.limits.limits(args.engine.max_instances)?;
     let reviews = ReviewLimits::new((args.max_review_mib as usize) << 20, (args.max_review_memory_mib as usize) << 20)
         .map_err(|reason| anyhow::anyhow!("--max-review-memory-mib: {reason}"))?;
     let options = ServeOptions {
         reviews,
         plugins: args.plugins,
-        engine: args.engine.options(),
+        engine: EngineOptions { max_instances: limits.total_calls() as u32, ..args.engine.options() },
+        limits,
         admission_addr: args.admission_addr,
         metrics_addr: Some(args.metrics_addr),
         tls: TlsOptions { cert, client_ca: args.client_ca },
         watch: !args.no_watch,
+        files: FileLimits {
+            max_plugin_bytes: u64::from(args.max_plugin_mib) << 20,
+            max_settings_bytes: u64::from(args.max_settings_kib) << 10,
+        },
+        plugins_detail: args.plugins_detail,
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(default_cache_dir) },
         sync: match args.sync_webhooks {
             true => Some(SyncOptions {

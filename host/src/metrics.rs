@@ -41,6 +41,22 @@ pub struct RejectLabels {
     pub reason: &'static str,
 }
 
+/// A listener: `admission`, `gateway` or `metrics`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener name.
+    pub listener: &'static str,
+}
+
+/// A listener and why it closed a connection itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    /// Listener name.
+    pub listener: &'static str,
+    /// limit, handshake_timeout, header_timeout, idle or drain_timeout.
+    pub reason: &'static str,
+}
+
 /// The outcome of loading a plugin file.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LoadLabels {
@@ -117,6 +133,13 @@ pub struct Metrics {
     pub plugin_failures: Family<FailureLabels, Counter>,
     /// Requests answered with a 4xx before a plugin ran.
     pub rejected_requests: Family<RejectLabels, Counter>,
+    /// Requests that found no free plugin call of their listener's budget
+    /// in time, by listener.
+    pub overloaded: Family<ListenerLabels, Counter>,
+    /// Connections open now, by listener.
+    pub connections: Family<ListenerLabels, Gauge>,
+    /// Connections a listener closed itself, by listener and reason.
+    pub connections_closed: Family<ClosedLabels, Counter>,
     /// Plugin files loaded or refused.
     pub plugin_loads: Family<LoadLabels, Counter>,
     /// Plugins serving, by kind.
@@ -139,6 +162,15 @@ pub struct Metrics {
     pub gateway_decisions: Family<GatewayDecisionLabels, Counter>,
     /// Upstream answers, by route and status.
     pub upstream_responses: Family<UpstreamLabels, Counter>,
+    /// 1 while the plugin directory cannot be read (removed, unreadable):
+    /// the plugins loaded from it keep serving.
+    pub plugin_dir_missing: Gauge,
+    /// 1 while the plugin directory is empty and the plugins loaded from it
+    /// keep serving.
+    pub plugin_dir_empty: Gauge,
+    /// Times the plugin directory was found removed or replaced and watched
+    /// again.
+    pub plugin_dir_rewatches: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -154,6 +186,9 @@ impl Default for Metrics {
         let admission_seconds: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let plugin_failures = Family::<FailureLabels, Counter>::default();
         let rejected_requests = Family::<RejectLabels, Counter>::default();
+        let overloaded = Family::<ListenerLabels, Counter>::default();
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
         let plugin_loads = Family::<LoadLabels, Counter>::default();
         let plugins = Family::<KindLabels, Gauge>::default();
         let plugin_changes = Family::<ChangeLabels, Counter>::default();
@@ -165,10 +200,20 @@ impl Default for Metrics {
         let gateway_seconds: RouteHistogramFamily = Family::new_with_constructor(latency_histogram);
         let gateway_decisions = Family::<GatewayDecisionLabels, Counter>::default();
         let upstream_responses = Family::<UpstreamLabels, Counter>::default();
+        let plugin_dir_missing = Gauge::default();
+        let plugin_dir_empty = Gauge::default();
+        let plugin_dir_rewatches = Counter::default();
         registry.register("admission_requests", "Admission requests answered", admission_requests.clone());
         registry.register("admission_seconds", "Time to answer an admission request", admission_seconds.clone());
         registry.register("plugin_failures", "Plugin calls that trapped, timed out or failed", plugin_failures.clone());
         registry.register("rejected_requests", "Requests refused before a plugin ran", rejected_requests.clone());
+        registry.register("overloaded", "Requests that found no free plugin call in time", overloaded.clone());
+        registry.register("connections", "Connections open", connections.clone());
+        registry.register(
+            "connections_closed",
+            "Connections a listener closed itself (limit, timeouts)",
+            connections_closed.clone(),
+        );
         registry.register("plugin_loads", "Plugin files loaded or refused", plugin_loads.clone());
         registry.register("plugins", "Plugins serving", plugins.clone());
         registry.register("plugin_changes", "Plugins added, swapped or removed while serving", plugin_changes.clone());
@@ -188,12 +233,30 @@ impl Default for Metrics {
         registry.register("gateway_seconds", "Time to answer a gateway request", gateway_seconds.clone());
         registry.register("gateway_decisions", "Decisions of gateway plugins", gateway_decisions.clone());
         registry.register("upstream_responses", "Upstream answers", upstream_responses.clone());
+        registry.register(
+            "plugin_dir_missing",
+            "1 while the plugin directory cannot be read; the plugins loaded from it keep serving",
+            plugin_dir_missing.clone(),
+        );
+        registry.register(
+            "plugin_dir_empty",
+            "1 while the plugin directory is empty; the plugins loaded from it keep serving",
+            plugin_dir_empty.clone(),
+        );
+        registry.register(
+            "plugin_dir_rewatches",
+            "Times the plugin directory was removed or replaced and watched again",
+            plugin_dir_rewatches.clone(),
+        );
         Self {
             registry,
             admission_requests,
             admission_seconds,
             plugin_failures,
             rejected_requests,
+            overloaded,
+            connections,
+            connections_closed,
             plugin_loads,
             plugins,
             plugin_changes,
@@ -205,6 +268,9 @@ impl Default for Metrics {
             gateway_seconds,
             gateway_decisions,
             upstream_responses,
+            plugin_dir_missing,
+            plugin_dir_empty,
+            plugin_dir_rewatches,
         }
     }
 }

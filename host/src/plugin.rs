@@ -249,7 +249,12 @@ impl Plugin {
     ) -> Result<R, PluginError> {
         match self.instances.call(self.name(), deadline, f).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(message)) => Err(PluginError::Configure { plugin: self.name().to_string(), message }),
+            // The message reaches the client (a denial's text): it must not
+            // quote the settings, which may hold secrets.
+            Ok(Err(message)) => {
+                let message = crate::redact::plugin_message(&message, &self.settings);
+                Err(PluginError::Configure { plugin: self.name().to_string(), message })
+            }
             Err(source) => Err(self.call_error(source)),
         }
     }

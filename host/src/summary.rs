@@ -1,6 +1,6 @@
 //! What the host says about a plugin to people and tools (`tollgate
-//! inspect`, and later the status endpoint): one serialisable record, and a
-//! text rendering.
+//! inspect`, and the `/plugins` status endpoint): one serialisable record,
+//! and a text rendering.
 
 use std::fmt::Write as _;
 
@@ -10,6 +10,7 @@ use crate::contract::types::{FailurePolicy, MatchPolicy, Operation, Rule, Scope,
 use crate::metadata::PluginMetadata;
 use crate::plugin::Plugin;
 use crate::registry::LoadReport;
+use crate::reload::DirCondition;
 
 /// One loaded plugin.
 #[derive(Debug, Serialize)]
@@ -59,13 +60,64 @@ impl<'a> From<&'a Plugin> for PluginSummary<'a> {
 pub struct RefusalSummary {
     /// The file.
     pub file: String,
-    /// Why.
+    /// Why (settings values redacted).
     pub reason: String,
+    /// Why, in the host's words only, without what the plugin itself wrote:
+    /// what the unauthenticated `/plugins` page shows unless
+    /// `--plugins-detail` is given (see [`crate::error::Refusal::host_words`]).
+    #[serde(skip)]
+    pub host_words: String,
+}
+
+impl RefusalSummary {
+    /// This refusal as `/plugins` shows it: with the plugin's own words
+    /// only when `detail` is on.
+    pub fn for_status(&self, detail: bool) -> Self {
+        let reason = if detail { self.reason.clone() } else { self.host_words.clone() };
+        Self { file: self.file.clone(), reason, host_words: self.host_words.clone() }
+    }
 }
 
 impl From<&crate::error::LoadError> for RefusalSummary {
     fn from(refused: &crate::error::LoadError) -> Self {
-        Self { file: refused.file.display().to_string(), reason: refused.reason.to_string() }
+        Self {
+            file: refused.file.display().to_string(),
+            reason: refused.reason.to_string(),
+            host_words: refused.reason.host_words(),
+        }
+    }
+}
+
+/// The plugin directory of a running server, as `/plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirStatus {
+    /// The directory (absolute).
+    pub path: String,
+    /// `ok`, `empty` or `missing`.
+    pub condition: DirCondition,
+    /// Since when it has been empty or missing (seconds since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// What that means for what serves, in words.
+    pub detail: String,
+}
+
+impl DirStatus {
+    /// `path` in `condition` since `since`, with `serving` plugins serving.
+    pub fn new(path: &std::path::Path, condition: DirCondition, since: std::time::SystemTime, serving: usize) -> Self {
+        let detail = match condition {
+            DirCondition::Ok => format!("read; {serving} plugin(s) serve from it"),
+            DirCondition::Empty => format!(
+                "empty: the {serving} plugin(s) loaded from it keep serving (an emptied directory is taken for a \
+                 copy under way or a mistake; remove plugin files themselves, or restart, to stop serving them)"
+            ),
+            DirCondition::Missing => {
+                format!("cannot be read: the {serving} plugin(s) loaded from it keep serving until it is back")
+            }
+        };
+        let since = (condition != DirCondition::Ok)
+            .then(|| since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+        Self { path: path.display().to_string(), condition, since, detail }
     }
 }
 
@@ -99,6 +151,9 @@ pub struct ServingSummary<'a> {
     /// How webhook sync goes, when syncing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_sync: Option<crate::sync::SyncStatus>,
+    /// The plugin directory, when serving one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirStatus>,
 }
 
 /// Human-readable text for a load report.

@@ -115,6 +115,11 @@ impl Server {
         if !args.contains(&"--state-dir") {
             command.arg("--state-dir").arg(scratch.path().join("state"));
         }
+        // Tests read why a plugin refused its settings from /plugins; a test
+        // of the default passes `--plugins-detail=false`.
+        if !args.iter().any(|a| a.starts_with("--plugins-detail")) {
+            command.arg("--plugins-detail");
+        }
         let mut child = command
             .arg("--plugins")
             .arg(plugins)

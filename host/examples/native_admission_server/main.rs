@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use kube_core::admission::AdmissionResponse;
 use tollgate::admission;
-use tollgate::serve::listener::{serve, text};
+use tollgate::serve::listener::{Listener, serve, text};
 use tollgate::tls::{CertSource, TlsOptions};
 
 mod native_pod;
@@ -39,8 +39,10 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     eprintln!("native baseline listening on {addr}");
     let (_tx, rx) = tokio::sync::watch::channel(false);
+    let limits = tollgate::serve::limits::Limits::new(tollgate::serve::limits::raise_open_files(), 128);
+    let metrics = tollgate::metrics::Metrics::default();
     serve(
-        "native",
+        Listener::new("native", limits.admission, &metrics),
         listener,
         Some(tokio_rustls::TlsAcceptor::from(tls.config)),
         move |req: hyper::Request<hyper::body::Incoming>, _peer| {

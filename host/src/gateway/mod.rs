@@ -5,7 +5,9 @@
 //!
 //! Order, for one request:
 //! 1. the host is ambiguous (two `Host` headers, HTTP/1.1 without one) → 400;
-//!    no route matches → 404;
+//!    the request is made what plugins decide on and the upstream gets
+//!    ([`prepare`]: target normalised, `_` headers dropped), or
+//!    refused → 400; no route matches → 404;
 //! 2. allowlists on the client address (they need nothing else) → 403 on deny;
 //! 3. the route plugin decides: respond (sent as is) or forward;
 //! 4. on forward, the other allowlists (e-mail, names), with the identity
@@ -13,10 +15,12 @@
 //!    → 403 on deny;
 //! 5. the request goes upstream ([`proxy`]); 502/504 when it cannot.
 //!
-//! Plugin calls hold one of the host's call permits; waiting on the upstream
-//! does not.
+//! Plugin calls hold one of the gateway's call permits (a budget apart from
+//! admission's); waiting on the upstream does not. A call that finds none
+//! free within the budget's wait gets 503 with `Retry-After`.
 
 pub mod proxy;
+pub mod target;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,7 +38,8 @@ use crate::metadata::PluginMetadata;
 use crate::metrics::{GatewayDecisionLabels, RouteLabels, RouteStatusLabels, UpstreamLabels};
 use crate::plugin::{AllowCheck, Plugin};
 use crate::serve::listener::Connection;
-use crate::state::HostState;
+use crate::state::{Budget, HostState, Overloaded};
+use crate::throttle::Throttle;
 use gateway_rules::Cidrs;
 use proxy::{Body, ClientFacts, Upstreams};
 
@@ -69,10 +74,16 @@ impl Gateway {
     }
 
     /// The response, and the route name for metrics.
-    async fn answer(&self, req: Request<Incoming>, conn: &Connection) -> (String, Response<Body>) {
-        // 1. The host routes match on, then the route.
+    async fn answer(&self, mut req: Request<Incoming>, conn: &Connection) -> (String, Response<Body>) {
+        // 1. The host routes match on, the request as plugins see it, then the route.
         if let Some(reason) = host_error(&req) {
             return ("none".into(), json_response(400, "bad_host", reason));
+        }
+        if let Err(reason) = prepare(&mut req) {
+            if let Some(suppressed) = REFUSED_LOG.admit() {
+                tracing::info!(peer = %conn.peer, %reason, suppressed, "gateway request refused");
+            }
+            return ("none".into(), json_response(400, "bad_request", &reason.to_string()));
         }
         let registry = self.state.registry();
         let head = request_head(&req, conn, self.scheme);
@@ -96,9 +107,10 @@ impl Gateway {
         }
 
         // 3. The route decides.
-        let decision = match self.call(plugin.route_async(&head)).await {
-            Ok(decision) => decision,
-            Err(error) => {
+        let decision = match self.call(plugin.route_async(&head), conn).await {
+            Ok(Ok(decision)) => decision,
+            Err(Overloaded(_)) => return (name, overloaded()),
+            Ok(Err(error)) => {
                 self.count(&name, "error");
                 tracing::warn!(route = %name, %error, "route plugin failed");
                 return (name, json_response(502, "bad_gateway", "the route plugin failed"));
@@ -189,7 +201,11 @@ impl Gateway {
         conn: &Connection,
         remove: &mut Vec<String>,
     ) -> Result<(), Response<Body>> {
-        match self.call(allowlist.check_request_async(check)).await {
+        let answer = match self.call(allowlist.check_request_async(check), conn).await {
+            Ok(answer) => answer,
+            Err(Overloaded(_)) => return Err(overloaded()),
+        };
+        match answer {
             Ok(AllowDecision { allowed: true, remove_headers, .. }) => {
                 self.count(allowlist.name(), "allowed");
                 remove.extend(remove_headers);
@@ -209,10 +225,16 @@ impl Gateway {
         }
     }
 
-    /// Runs a plugin call holding one of the host's call permits.
-    async fn call<T>(&self, call: impl Future<Output = T>) -> T {
-        let _permit = self.state.permits.acquire().await;
-        call.await
+    /// Runs a plugin call holding one of the gateway's call permits, or
+    /// gives up when none is free within the budget's wait.
+    async fn call<T>(&self, call: impl Future<Output = T>, conn: &Connection) -> Result<T, Overloaded> {
+        let wait = self.state.calls.gateway_wait;
+        let _permit = self.state.call_permit(Budget::Gateway, wait).await.inspect_err(|_| {
+            if let Some(suppressed) = OVERLOAD_LOG.admit() {
+                tracing::warn!(peer = %conn.peer, suppressed, "gateway plugin calls are all busy; answering 503");
+            }
+        })?;
+        Ok(call.await)
     }
 
     fn count(&self, plugin: &str, decision: &'static str) {
@@ -222,6 +244,21 @@ impl Gateway {
             .get_or_create(&GatewayDecisionLabels { plugin: plugin.to_string(), decision })
             .inc();
     }
+}
+
+/// Overload is logged a few times per window: under a flood, every request
+/// would log.
+static OVERLOAD_LOG: Throttle = Throttle::new(5);
+
+/// Seconds a client is told to wait after a 503 for overload.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// The answer to a request no plugin call was free for.
+fn overloaded() -> Response<Body> {
+    let mut response =
+        json_response(503, "overloaded", "the gateway is busy; no plugin call became free in time, retry later");
+    response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    response
 }
 
 fn subject(plugin: &Plugin) -> Option<SubjectKind> {
@@ -241,6 +278,62 @@ fn has_body(req: &Request<Incoming>) -> bool {
         && req.headers().get(CONTENT_LENGTH).is_none_or(|v| v != "0")
 }
 
+/// Requests refused by [`prepare`] are logged a few per window.
+static REFUSED_LOG: Throttle = Throttle::new(10);
+
+/// Makes `req` the request every plugin decides on and the upstream
+/// receives, or says why it cannot be forwarded safely:
+/// - the method must be upper case: methods are case-sensitive (RFC 9110
+///   §9.1), so `post` is not `POST` to a plugin that guards `POST`, yet
+///   some servers fold case;
+/// - the path is normalised ([`target::normalize`]) and replaces the one
+///   sent, so the upstream gets what the plugins saw;
+/// - headers with an `_` in their name are dropped
+///   ([`proxy::strip_underscored`]);
+/// - every header value must be UTF-8, so plugins see every header they
+///   might remove by name (the contract carries strings).
+fn prepare(req: &mut Request<Incoming>) -> Result<(), Unforwardable> {
+    let method = req.method().as_str();
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Unforwardable::LowerCaseMethod(method.to_string()));
+    }
+    let path = target::normalize(req.uri().path())?;
+    if path != req.uri().path() {
+        let target = match req.uri().query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(target.parse().map_err(|_| Unforwardable::BadTarget)?);
+        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| Unforwardable::BadTarget)?;
+    }
+    proxy::strip_underscored(req.headers_mut());
+    if let Some((name, _)) = req.headers().iter().find(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err()) {
+        return Err(Unforwardable::NotUtf8(name.clone()));
+    }
+    Ok(())
+}
+
+/// Why a request cannot be made one plugins decide on safely ([`prepare`]).
+#[derive(Debug, thiserror::Error)]
+enum Unforwardable {
+    /// The method has a lower-case letter.
+    #[error(
+        "the method {0:?} is not upper case; methods are case-sensitive (RFC 9110 9.1) and only upper-case ones are forwarded"
+    )]
+    LowerCaseMethod(String),
+    /// The path cannot be normalised safely.
+    #[error(transparent)]
+    Target(#[from] target::TargetError),
+    /// The normalised target does not parse back (not expected: it holds
+    /// only characters a target may).
+    #[error("the normalised request target is not a valid URI")]
+    BadTarget,
+    /// A header value plugins could not be shown.
+    #[error("the value of header {0} is not UTF-8")]
+    NotUtf8(HeaderName),
+}
+
 /// Why the host a request is for is ambiguous, if it is (RFC 9112, 3.2):
 /// two `Host` headers, or an HTTP/1.1 request with neither `Host` nor an
 /// absolute URI. Routes match on the host, so such a request is refused
@@ -256,7 +349,7 @@ fn host_error(req: &Request<Incoming>) -> Option<&'static str> {
     None
 }
 
-/// The request head plugins see: the request as the client sent it.
+/// The request head plugins see: the request as [`prepare`] left it.
 fn request_head(req: &Request<Incoming>, conn: &Connection, scheme: &str) -> RequestHead {
     let authority = req
         .uri()
@@ -273,7 +366,11 @@ fn request_head(req: &Request<Incoming>, conn: &Connection, scheme: &str) -> Req
         headers: req
             .headers()
             .iter()
-            .filter_map(|(n, v)| Some(Header { name: n.as_str().to_string(), value: v.to_str().ok()?.to_string() }))
+            // UTF-8 was checked by `prepare`: every header is shown.
+            .filter_map(|(n, v)| {
+                let value = std::str::from_utf8(v.as_bytes()).ok()?;
+                Some(Header { name: n.as_str().to_string(), value: value.to_string() })
+            })
             .collect(),
         client_addr: conn.peer.to_string(),
         tls: conn.tls.as_ref().map(|t| TlsInfo {

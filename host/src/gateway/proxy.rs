@@ -34,9 +34,31 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// Headers the gateway sets itself; copies from clients that are not
-/// trusted proxies are dropped.
-const FORWARDED: [&str; 4] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
+/// Headers that say who the client is or what it asked for, as a proxy in
+/// front would set them. Tollgate owns them: from a peer that is not a
+/// `--trusted-proxy`, the client's copies never reach the upstream, and the
+/// gateway sets `X-Forwarded-For/-Proto/-Host` and `X-Real-IP` itself.
+/// Plugins still see what the client sent (an allowlist with trusted
+/// proxies of its own reads `X-Forwarded-For`); identity headers an SSO
+/// proxy sets (`X-Forwarded-Email`, `-User`) are not in the set: the
+/// allowlist that reads one removes a client's copy.
+const FORWARDING: [&str; 15] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+];
 
 /// Limits and trust of the upstream side.
 #[derive(Debug, Clone)]
@@ -262,6 +284,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Drops, before any plugin sees the request, every header whose name has
+/// an `_` (`X_Forwarded_For`): CGI-style servers (PHP, WSGI, Rack) read
+/// `X_Real_IP` and `X-Real-IP` as one variable, so a plugin that checks or
+/// removes one by name would leave its twin; nginx drops them too.
+/// Returns how many were dropped.
+pub fn strip_underscored(headers: &mut HeaderMap) -> usize {
+    let dropped: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().contains('_')).cloned().collect();
+    for name in &dropped {
+        headers.remove(name);
+    }
+    dropped.len()
+}
+
 /// Drops hop-by-hop headers and what allowlists and the route remove, sets
 /// the route's headers (replacing every client-sent value), then the
 /// `X-Forwarded-*` headers.
@@ -275,21 +310,31 @@ pub fn rewrite_request_headers(
     for name in remove.iter().chain(&forward.remove_headers) {
         headers.remove(name.as_str());
     }
+    // The chain a trusted proxy sent is extended below; from anyone else,
+    // what Tollgate owns goes before the route's own headers are set.
+    let prior = client.trusted.then(|| {
+        let chain: Vec<&str> =
+            headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::trim).collect();
+        chain.join(", ")
+    });
+    if !client.trusted {
+        for name in FORWARDING {
+            headers.remove(name);
+        }
+    }
     for Header { name, value } in &forward.set_headers {
         if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
             headers.insert(name, value);
         }
     }
-    let prior = if client.trusted {
-        let chain: Vec<&str> =
-            headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::trim).collect();
-        Some(chain.join(", ")).filter(|c| !c.is_empty())
-    } else {
-        for name in FORWARDED {
-            headers.remove(name);
-        }
-        None
-    };
+    let prior = prior.filter(|c| !c.is_empty());
+    // A client's own copy is gone (above); one here came from a trusted
+    // proxy or the route.
+    if !headers.contains_key("x-real-ip")
+        && let Ok(value) = HeaderValue::from_str(&client.peer.to_string())
+    {
+        headers.insert("x-real-ip", value);
+    }
     let peer = client.peer.to_string();
     let chain = match prior {
         Some(prior) => format!("{prior}, {peer}"),
@@ -366,6 +411,36 @@ mod tests {
         assert!(!h.contains_key("x-remove-me"));
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "gw");
+    }
+
+    #[test]
+    fn client_forwarding_headers_and_underscore_twins_are_dropped() {
+        let sent = [
+            ("x-real-ip", "10.0.0.1"),
+            ("x-original-url", "/admin"),
+            ("x_forwarded_for", "10.0.0.1"),
+            ("x-forwarded-email", "boss@example.com"),
+            ("true-client-ip", "10.0.0.1"),
+            ("x-request-id", "keep"),
+        ];
+        let mut h = headers(&sent);
+        assert_eq!(strip_underscored(&mut h), 1);
+        assert!(!h.contains_key("x_forwarded_for"));
+        let untrusted =
+            ClientFacts { peer: "198.51.100.9".parse().unwrap(), trusted: false, scheme: "http", authority: "gw" };
+        let mut forwarded = h.clone();
+        rewrite_request_headers(&mut forwarded, &forward(&[], &[]), &[], &untrusted);
+        assert_eq!(forwarded["x-real-ip"], "198.51.100.9");
+        assert!(!forwarded.contains_key("x-original-url") && !forwarded.contains_key("true-client-ip"));
+        assert_eq!(
+            forwarded["x-forwarded-email"], "boss@example.com",
+            "identity headers are the allowlists' to remove"
+        );
+        assert_eq!(forwarded["x-request-id"], "keep");
+        let trusted = ClientFacts { trusted: true, ..untrusted };
+        rewrite_request_headers(&mut h, &forward(&[], &[]), &[], &trusted);
+        assert_eq!(h["x-real-ip"], "10.0.0.1", "kept from a trusted proxy");
+        assert_eq!(h["x-original-url"], "/admin");
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! The accept loop every listener shares: TLS (optional), HTTP/1.1 and
-//! HTTP/2, per-connection tasks, and a graceful drain on shutdown.
+//! HTTP/2, per-connection tasks, the limits that keep a listener answering
+//! when clients misbehave (a cap on open connections, handshake, first
+//! request and keep-alive idle timeouts), and a graceful drain on shutdown.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,11 +18,16 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::{ClosedLabels, ListenerLabels, Metrics};
 use crate::throttle::Throttle;
 
 /// Listening sockets on one address, each served by its own thread.
@@ -73,7 +83,7 @@ impl EventLoops {
     /// per loop, a receiver that completes once it has drained.
     pub fn spawn<H, F, B>(
         self,
-        name: &'static str,
+        listener: Arc<Listener>,
         tls: Option<TlsAcceptor>,
         mut handler: impl FnMut(usize) -> H,
         shutdown: watch::Receiver<bool>,
@@ -81,18 +91,19 @@ impl EventLoops {
     where
         H: Fn(Request<Incoming>, Arc<Connection>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<B>> + Send + 'static,
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let mut finished = Vec::with_capacity(self.listeners.len());
         for (i, socket) in self.listeners.into_iter().enumerate() {
             let (handler, tls, shutdown) = (handler(i), tls.clone(), shutdown.clone());
             let (done, drained) = tokio::sync::oneshot::channel();
+            let (listener, name) = (listener.clone(), listener.name);
             std::thread::Builder::new().name(format!("tollgate-{name}-{i}")).spawn(move || {
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime.block_on(async move {
                         match TcpListener::from_std(socket) {
-                            Ok(listener) => serve(name, listener, tls, handler, shutdown).await,
+                            Ok(socket) => serve(listener, socket, tls, handler, shutdown).await,
                             Err(error) => tracing::error!(listener = name, %error, "socket unusable"),
                         }
                     }),
@@ -106,12 +117,132 @@ impl EventLoops {
     }
 }
 
-/// A client that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client that has not sent its request headers by then is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// HTTP/2 streams a client may open and reset before the server has taken
+/// them up; past it the connection gets GOAWAY (ENHANCE_YOUR_CALM). This is
+/// h2's own default, pinned here because it is what stops a "rapid reset"
+/// flood (CVE-2023-44487) from costing one task per reset stream.
+const MAX_PENDING_RESETS: usize = 20;
+
+/// How a listener bounds its connections, so that clients that connect and
+/// send nothing cannot use up the process's file descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; a connection past it is closed at accept.
+    pub max_connections: usize,
+    /// Of those, how many one client address may hold; `None`: no such cap
+    /// (the gateway's clients often share a load balancer's or NAT's
+    /// address).
+    pub max_per_peer: Option<usize>,
+    /// From accept to the end of the TLS handshake, and from there to the
+    /// first request's headers.
+    pub header_timeout: Duration,
+    /// How long a connection stays open with no request in flight after
+    /// its last one (HTTP/1.1 keep-alive and HTTP/2 alike).
+    pub idle_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The defaults for a listener: `max_connections` open, no cap per
+    /// client, [`HEADER_TIMEOUT`] to the first request, and `idle_timeout`
+    /// between requests.
+    pub const fn new(max_connections: usize, idle_timeout: Duration) -> Self {
+        Self { max_connections, max_per_peer: None, header_timeout: HEADER_TIMEOUT, idle_timeout }
+    }
+}
+
+/// Default time to the end of the TLS handshake and to the first request.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A listener's name, limits and counters, shared by all its event loops
+/// (the cap counts the connections of every loop together).
+pub struct Listener {
+    name: &'static str,
+    limits: ConnectionLimits,
+    slots: Arc<Semaphore>,
+    /// Connections held per client address, when capped per peer.
+    peers: Mutex<HashMap<IpAddr, usize>>,
+    open: Gauge,
+    closed: Family<ClosedLabels, Counter>,
+}
+
+impl Listener {
+    /// The listener `name` (a metric label) under `limits`, counting into `metrics`.
+    pub fn new(name: &'static str, limits: ConnectionLimits, metrics: &Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            limits,
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            peers: Mutex::new(HashMap::new()),
+            open: metrics.connections.get_or_create(&ListenerLabels { listener: name }).clone(),
+            closed: metrics.connections_closed.clone(),
+        })
+    }
+
+    /// Counts a connection this listener closed, and why.
+    fn closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&ClosedLabels { listener: self.name, reason }).inc();
+    }
+
+    /// A place for a new connection from `peer`, or `None` (logged,
+    /// counted) when the listener, or the peer's share of it, is full: the
+    /// connection is then closed at once rather than left in the kernel's
+    /// backlog.
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            return self.refuse(peer, "limit", self.limits.max_connections);
+        };
+        if let Some(max) = self.limits.max_per_peer {
+            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = peers.entry(peer.ip()).or_default();
+            if *held >= max {
+                drop(peers);
+                return self.refuse(peer, "peer_limit", max);
+            }
+            *held += 1;
+        }
+        self.open.inc();
+        Some(Slot { listener: self.clone(), peer: peer.ip(), _permit: permit })
+    }
+
+    fn refuse(&self, peer: SocketAddr, reason: &'static str, max: usize) -> Option<Slot> {
+        self.closed(reason);
+        if let Some(suppressed) = LIMIT_LOG.admit() {
+            let whose = if reason == "limit" { "" } else { " from this client" };
+            tracing::warn!(listener = self.name, %peer, suppressed, "{max} connections{whose} are open; new ones are closed");
+        }
+        None
+    }
+}
+
+/// A connection's place under its listener's caps, given back on drop
+/// (also if its task panics).
+struct Slot {
+    listener: Arc<Listener>,
+    peer: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.listener.open.dec();
+        if self.listener.limits.max_per_peer.is_none() {
+            return;
+        }
+        let mut peers = self.listener.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Entry::Occupied(mut held) = peers.entry(self.peer) {
+            *held.get_mut() -= 1;
+            if *held.get() == 0 {
+                held.remove();
+            }
+        }
+    }
+}
+
+/// Connections refused at a cap are logged a few per window.
+static LIMIT_LOG: Throttle = Throttle::new(10);
 
 /// What a handler knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -133,83 +264,241 @@ pub struct TlsFacts {
     pub version: String,
 }
 
-/// Serves `handler` on `listener` until `shutdown` turns true, then stops
+/// Serves `handler` on `socket` until `shutdown` turns true, then stops
 /// accepting and lets open requests finish (for up to 15 s).
 pub async fn serve<H, F, B>(
-    name: &'static str,
-    listener: TcpListener,
+    listener: Arc<Listener>,
+    socket: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>, Arc<Connection>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let limits = listener.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    // hyper's header timer also runs while an HTTP/1.1 connection waits for
+    // its next request, so it must outlast the idle timeout (which closes an
+    // idle connection first, and counts it); it still bounds headers sent
+    // slowly on a kept-alive connection.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.idle_timeout + limits.header_timeout);
+    builder.http2().timer(TokioTimer::new()).max_pending_accept_reset_streams(MAX_PENDING_RESETS);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // Each connection task holds a sender; the drain below ends when all
+    // are gone.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = socket.accept() => {
                 let (tcp, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(error) => {
                         // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(listener = name, %error, "accept failed");
+                        tracing::warn!(listener = listener.name, %error, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
+                let Some(slot) = listener.admit(peer) else { continue };
                 let _ = tcp.set_nodelay(true);
-                let handler = handler.clone();
-                let service = move |connection: Connection| {
-                    let connection = Arc::new(connection);
-                    hyper::service::service_fn(move |req| {
-                        let answer = handler(req, connection.clone());
-                        async move { Ok::<_, Infallible>(answer.await) }
-                    })
+                let task = Task {
+                    listener: listener.clone(),
+                    builder: builder.clone(),
+                    handler: handler.clone(),
+                    shutdown: shutdown.clone(),
+                    _slot: slot,
+                    _open: open_tx.clone(),
                 };
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let result = match tls {
-                        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => {
-                                let facts = tls_facts(stream.get_ref().1);
-                                let service = service(Connection { peer, tls: Some(facts) });
-                                watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
-                            }
-                            Ok(Err(error)) => {
-                                handshake_failed(name, peer, &error);
-                                return;
-                            }
-                            Err(_) => {
-                                if let Some(suppressed) = HANDSHAKE_LOG.admit() {
-                                    tracing::warn!(listener = name, %peer, suppressed, "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; connection closed");
-                                }
-                                return;
-                            }
-                        },
-                        None => {
-                            let service = service(Connection { peer, tls: None });
-                            watcher.watch(builder.serve_connection(TokioIo::new(tcp), service).into_owned()).await
-                        }
-                    };
-                    if let Err(error) = result {
-                        tracing::debug!(listener = name, %peer, %error, "connection ended with an error");
-                    }
-                });
+                tokio::spawn(task.run(tcp, peer, tls.clone()));
             }
             _ = shutdown.changed() => break,
         }
     }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = name, "in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+    drop((socket, open_tx));
+    if tokio::time::timeout(DRAIN_TIMEOUT, open_rx.recv()).await.is_err() {
+        tracing::warn!(listener = listener.name, "in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+    }
+}
+
+/// One connection, from accept to close.
+struct Task<H> {
+    listener: Arc<Listener>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handler: H,
+    shutdown: watch::Receiver<bool>,
+    /// Its place under the listener's caps, given back when the task ends.
+    _slot: Slot,
+    /// Dropped when the task ends, so the drain at shutdown can wait for it.
+    _open: mpsc::Sender<()>,
+}
+
+impl<H, F, B> Task<H>
+where
+    H: Fn(Request<Incoming>, Arc<Connection>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Completes the TLS handshake (within the header timeout), then serves
+    /// the connection.
+    async fn run(self, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+        let Some(acceptor) = tls else {
+            return self.drive(tcp, Connection { peer, tls: None }).await;
+        };
+        let name = self.listener.name;
+        match tokio::time::timeout(self.listener.limits.header_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => {
+                let facts = tls_facts(stream.get_ref().1);
+                self.drive(stream, Connection { peer, tls: Some(facts) }).await;
+            }
+            Ok(Err(error)) => handshake_failed(name, peer, &error),
+            Err(_) => {
+                self.listener.closed("handshake_timeout");
+                if let Some(suppressed) = HANDSHAKE_LOG.admit() {
+                    let timeout = self.listener.limits.header_timeout;
+                    tracing::warn!(listener = name, %peer, suppressed, "TLS handshake not finished within {timeout:?}; connection closed");
+                }
+            }
+        }
+    }
+
+    /// Serves HTTP on `io` until the client closes it, it goes idle past
+    /// the listener's limits, or shutdown starts. Closing is graceful
+    /// (requests in flight finish), bounded by [`DRAIN_TIMEOUT`] at shutdown
+    /// and by the idle timeout otherwise.
+    async fn drive<I>(mut self, io: I, connection: Connection)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new());
+        let service = {
+            let (handler, activity, connection) =
+                (self.handler.clone(), activity.clone(), Arc::new(connection.clone()));
+            hyper::service::service_fn(move |req| {
+                let request = activity.begin();
+                let answer = handler(req, connection.clone());
+                async move { Ok::<_, Infallible>(answer.await.map(|body| Tracked { body, _request: request })) }
+            })
+        };
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let limits = self.listener.limits;
+        // Set once the connection is asked to close: by then it must be gone.
+        let mut closing: Option<Instant> = None;
+        loop {
+            let wake = closing.unwrap_or_else(|| activity.expires(&limits));
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(listener = self.listener.name, peer = %connection.peer, %error, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if closing.is_some() {
+                        self.listener.closed("drain_timeout");
+                        return;
+                    }
+                    if let Some(reason) = activity.expired(&limits) {
+                        self.listener.closed(reason);
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now() + limits.idle_timeout);
+                    }
+                }
+                _ = self.shutdown.changed(), if closing.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now() + DRAIN_TIMEOUT);
+                }
+            }
+        }
+    }
+}
+
+/// A response body that keeps its request in flight until it has been
+/// sent or dropped: a long download or event stream is not an idle
+/// connection.
+struct Tracked<B> {
+    body: B,
+    _request: InFlight,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// When a connection's requests started and ended, for its timeouts.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `opened` to the latest request's start or end;
+    /// `u64::MAX` until the first request.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { opened: Instant::now(), in_flight: AtomicUsize::new(0), last: AtomicU64::new(u64::MAX) }
+    }
+
+    /// Marks a request in flight until the returned guard drops.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    fn touch(&self) {
+        self.last.store(self.opened.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    /// When the connection will have been idle too long, if nothing happens
+    /// until then (re-checked at that moment). `in_flight` is read first:
+    /// a request that ends meanwhile has already stamped `last` (it does so
+    /// before leaving), so it is never taken for an old idle one.
+    fn expires(&self, limits: &ConnectionLimits) -> Instant {
+        let busy = self.in_flight.load(Ordering::Acquire) > 0;
+        match self.last.load(Ordering::Acquire) {
+            u64::MAX if !busy => self.opened + limits.header_timeout,
+            _ if busy => Instant::now() + limits.idle_timeout,
+            last => self.opened + Duration::from_millis(last) + limits.idle_timeout,
+        }
+    }
+
+    /// Why the connection should close now, if it should.
+    fn expired(&self, limits: &ConnectionLimits) -> Option<&'static str> {
+        if self.expires(limits) > Instant::now() {
+            return None;
+        }
+        Some(if self.last.load(Ordering::Acquire) == u64::MAX { "header_timeout" } else { "idle" })
+    }
+}
+
+/// A request in flight on a connection.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 

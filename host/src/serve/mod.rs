@@ -2,6 +2,7 @@
 //! (HTTP), and loading the plugins they serve.
 
 pub mod admission;
+pub mod limits;
 pub mod listener;
 
 use std::net::SocketAddr;
@@ -16,9 +17,12 @@ use crate::engine::{EngineOptions, Runtime};
 use crate::error::{DirError, EngineError};
 use crate::gateway::Gateway;
 use crate::gateway::proxy::{UpstreamOptions, Upstreams};
-use crate::loader::Loader;
-use crate::serve::listener::EventLoops;
-use crate::state::HostState;
+use crate::loader::{FileLimits, Loader};
+use crate::registry::{LoadReport, Registry};
+use crate::reload::DirCondition;
+use crate::serve::limits::Limits;
+use crate::serve::listener::{EventLoops, Listener};
+use crate::state::{CallBudgets, HostState};
 use crate::sync::{ClusterConfig, SyncError, WebhookSync};
 use crate::tls::{self, TlsError, TlsOptions};
 use crate::webhooks::WebhookOptions;
@@ -40,6 +44,11 @@ pub struct ServeOptions {
     pub tls: TlsOptions,
     /// Watch the plugin directory and swap plugins live.
     pub watch: bool,
+    /// How large plugin and settings files may be.
+    pub files: FileLimits,
+    /// Show plugins' own messages (why a plugin refused its settings) in
+    /// `/plugins`, which has no authentication; they are always logged.
+    pub plugins_detail: bool,
     /// Keep compiled plugins here (`None`: compile every time).
     pub cache_dir: Option<PathBuf>,
     /// Keep the cluster's webhook configurations in step with the plugins.
@@ -48,6 +57,8 @@ pub struct ServeOptions {
     pub gateway: Option<GatewayOptions>,
     /// How large admission reviews may be, alone and together.
     pub reviews: admission::ReviewLimits,
+    /// Plugin calls and connections each listener takes on at once.
+    pub limits: Limits,
 }
 
 /// Where and how the gateway listens.
@@ -134,7 +145,9 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     };
 
     let runtime = Arc::new(Runtime::new(options.engine.clone())?);
-    let state = Arc::new(HostState::new(options.engine.max_instances as usize));
+    let limits = &options.limits;
+    let calls = CallBudgets::new(limits.admission_calls, limits.gateway_calls, limits.gateway_wait);
+    let state = Arc::new(HostState::new(calls));
     let serving_tls = tls::server_config(&options.tls)?;
     let tls = tokio_rustls::TlsAcceptor::from(serving_tls.config.clone());
     let gateway = match &options.gateway {
@@ -177,7 +190,7 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     let admission_state = state.clone();
     let reviews = Arc::new(options.reviews.clone());
     servers.spawn(listener::serve(
-        "admission",
+        Listener::new("admission", limits.admission, &state.metrics),
         admission_listener,
         Some(tls.clone()),
         move |req, conn| admission::handle(admission_state.clone(), reviews.clone(), conn.peer, req),
@@ -191,7 +204,7 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         tracing::info!(%addr, threads = loops.len(), "gateway listening ({scheme})");
         let drained = loops
             .spawn(
-                "gateway",
+                Listener::new("gateway", limits.gateway, &state.metrics),
                 gateway_tls,
                 |i| {
                     let gateway = Arc::clone(&gateways[i]);
@@ -214,18 +227,19 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
     if let Some(metrics_listener) = metrics_listener {
         tracing::info!(addr = %local(&metrics_listener), "metrics listening (HTTP)");
         let metrics_state = state.clone();
+        let plugins_detail = options.plugins_detail;
         servers.spawn(listener::serve(
-            "metrics",
+            Listener::new("metrics", limits.metrics, &state.metrics),
             metrics_listener,
             None,
-            move |req, _conn| metrics_endpoint(metrics_state.clone(), req),
+            move |req, _conn| metrics_endpoint(metrics_state.clone(), plugins_detail, req),
             shutdown_rx.clone(),
         ));
     }
 
     // Compiling is CPU work: keep it off the async threads so probes answer
     // (not ready) while plugins load.
-    let mut loader = Loader::new(runtime.clone());
+    let mut loader = Loader::new(runtime.clone()).with_limits(options.files);
     if let Some(dir) = &options.cache_dir {
         match CodeCache::open(dir, runtime.engine()) {
             Ok(cache) => loader = loader.with_cache(Arc::new(cache)),
@@ -245,9 +259,15 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         _ => None,
     };
     let (first, plugins) = (loader.clone(), plugin_dir.clone());
-    let report = tokio::task::spawn_blocking(move || match plugins {
-        Some(dir) => first.load_dir(&dir),
-        None => Ok(bundled::load(&first)),
+    // The first load remembers what it refused, like every rescan after it.
+    let (report, memory) = tokio::task::spawn_blocking(move || {
+        let mut memory = reload::RefusalMemory::default();
+        let report = match plugins {
+            Some(dir) => reload::rescan_remembering(&first, &dir, &Registry::default(), &mut memory)
+                .map(|(registry, changes)| LoadReport { registry, refused: changes.refused }),
+            None => Ok(bundled::load(&first)),
+        };
+        report.map(|report| (report, memory))
     })
     .await
     .map_err(|e| ServeError::Load(e.to_string()))??;
@@ -271,13 +291,17 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         state.sync_webhooks(sync);
     }
     state.install(report.registry);
+    if let Some(dir) = &plugin_dir {
+        let status = summary::DirStatus::new(dir, DirCondition::Ok, std::time::SystemTime::now(), loaded);
+        state.set_plugin_dir(status);
+    }
     tracing::info!(loaded, refused, "plugins ready");
     // Registered only now that they serve.
     state.register_serving();
 
     if let Some(watching) = watching {
         tracing::info!(dir = %plugin_dir.as_deref().unwrap_or(std::path::Path::new("")).display(), "watching for plugin changes");
-        let watcher = watching.run(loader, state.clone(), shutdown_rx.clone());
+        let watcher = watching.run(loader, state.clone(), memory, shutdown_rx.clone());
         servers.spawn(async move {
             let _ = watcher.await;
         });
@@ -309,6 +333,7 @@ pub fn readyz(state: &HostState, query: Option<&str>) -> hyper::Response<http_bo
 /// `/plugins` (what is serving, as JSON).
 async fn metrics_endpoint(
     state: Arc<HostState>,
+    plugins_detail: bool,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
     use listener::text;
@@ -325,11 +350,14 @@ async fn metrics_endpoint(
         "/readyz" => readyz(&state, req.uri().query()),
         "/plugins" => {
             let registry = state.registry();
-            let refused = state.refused();
+            // Plugins' own words only when asked for: the page has no
+            // authentication (see `Refusal::host_words`).
+            let refused: Vec<_> = state.refused().iter().map(|r| r.for_status(plugins_detail)).collect();
             let status = summary::ServingSummary {
                 plugins: registry.iter().map(|p| summary::PluginSummary::from(p.as_ref())).collect(),
-                refused: refused.as_slice(),
+                refused: &refused,
                 webhook_sync: state.sync_status(),
+                directory: state.plugin_dir(),
             };
             match serde_json::to_string_pretty(&status) {
                 Ok(json) => {

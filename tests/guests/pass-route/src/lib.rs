@@ -1,7 +1,8 @@
 //! Test guest `pass-route`: forwards every request on its path prefix to the
 //! upstream in its settings, unchanged (`{"upstream": "http://..."}`), or
 //! answers directly when `respond` is set. The simplest route: a baseline for
-//! benchmarks and a carrier for allowlist tests.
+//! benchmarks and a carrier for allowlist tests. `sleepMs` makes every call
+//! wait that long first (through WASI clocks): a slow route.
 
 use std::cell::RefCell;
 
@@ -21,6 +22,9 @@ struct Settings {
     /// Answer with this status instead of forwarding.
     #[serde(default)]
     respond: Option<u16>,
+    /// Sleep this long in every call.
+    #[serde(default)]
+    sleep_ms: u64,
 }
 
 thread_local! {
@@ -51,6 +55,9 @@ impl Guest for PassRoute {
 
     fn route(_req: RequestHead) -> RouteDecision {
         let settings = SETTINGS.with(|s| s.borrow().clone());
+        if let Some(Settings { sleep_ms: ms @ 1.., .. }) = settings {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         match settings {
             Some(Settings { respond: Some(status), .. }) => RouteDecision::Respond(Respond {
                 status,
