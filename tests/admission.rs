@@ -651,13 +651,7 @@ async fn calls_beyond_max_instances_wait_and_are_answered_by_the_failure_policy(
     // deadline. Which one depends on timing; both must be answered, by the
     // plugin's failurePolicy (Ignore), and never hang.
     let server = Server::start(dir.path(), &["--max-instances", "1"]);
-    let http = client(&server.ca(), None);
-    let review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a");
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..3 {
-        let (http, url, body) = (http.clone(), server.url("/validate/misbehave-ignore"), review.json(&format!("w{i}")));
-        tasks.spawn(async move { post_review(&http, &url, &body).await });
-    }
+    let mut tasks = configmap_reviews_at_once(&server, "/validate/misbehave-ignore", 3, "w");
     let mut warnings = Vec::new();
     while let Some(answer) = tasks.join_next().await {
         let answer: Value = answer.expect("request task");
@@ -682,6 +676,19 @@ async fn calls_beyond_max_instances_wait_and_are_answered_by_the_failure_policy(
     assert_eq!(failures, 3, "{metrics}");
     // The permit came back: the next call runs.
     assert_eq!(messages(&server, "/validate/misbehave", &["a"]).await, ["call 1"]);
+}
+
+/// Sends `n` ConfigMap reviews to `path` at once (uids `<prefix>0`...); the
+/// answers come as they are ready.
+fn configmap_reviews_at_once(server: &Server, path: &str, n: usize, prefix: &str) -> tokio::task::JoinSet<Value> {
+    let http = client(&server.ca(), None);
+    let review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (http, url, body) = (http.clone(), server.url(path), review.json(&format!("{prefix}{i}")));
+        tasks.spawn(async move { post_review(&http, &url, &body).await });
+    }
+    tasks
 }
 
 /// The status message of each answer, asking one request at a time for an
@@ -1053,13 +1060,7 @@ async fn a_guest_waiting_in_a_host_call_is_stopped_at_its_deadline() {
     // One admission call at a time: the sleeping calls must give it back
     // at their deadline (800 ms), not after their 30 s sleep.
     let server = Server::start(dir.path(), &["--max-instances", "1"]);
-    let http = client(&server.ca(), None);
-    let review = Review::new("", "ConfigMap", "configmaps", "CREATE").in_namespace("team-a");
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..3 {
-        let (http, url, body) = (http.clone(), server.url("/validate/misbehave-ignore"), review.json(&format!("s{i}")));
-        tasks.spawn(async move { post_review(&http, &url, &body).await });
-    }
+    let mut tasks = configmap_reviews_at_once(&server, "/validate/misbehave-ignore", 3, "s");
     // A hang guard, not a timing assertion: far below the guest's sleep.
     let guard = std::time::Duration::from_secs(15);
     while let Some(answer) =

@@ -185,6 +185,16 @@ fn write_settings(dir: &Path, stem: &str, settings: &Value) {
     std::fs::rename(tmp, dir.join(format!("{stem}.settings.json"))).unwrap();
 }
 
+/// `jwt-org-router` sending org-a's tokens (signed by the client key) to
+/// `upstream` with the backend token `backend-token-a`.
+fn install_org_router(dir: &Path, upstream: &str) {
+    let router = json!({
+        "keys": [{"kid": "client-1", "algorithm": "RS256", "pem": data("jwt/client-rs256.pub.pem")}],
+        "orgs": {"org-a": {"upstream": upstream, "backendToken": "backend-token-a"}}
+    });
+    install(dir, "jwt-org-router", guests::JWT_ORG_ROUTER, Some(&router.to_string()));
+}
+
 /// `pass-route` forwarding everything to `upstream`.
 fn install_pass_route(dir: &Path, upstream: &str) {
     install(dir, "pass-route", guests::PASS_ROUTE, Some(&json!({ "upstream": upstream }).to_string()));
@@ -628,11 +638,7 @@ async fn identity_headers_from_clients_are_neither_trusted_nor_passed_on() {
     // X-Forwarded-Email is ignored; the identity comes from its verified token.
     let upstream = Upstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let router = json!({
-        "keys": [{"kid": "client-1", "algorithm": "RS256", "pem": data("jwt/client-rs256.pub.pem")}],
-        "orgs": {"org-a": {"upstream": upstream.url(), "backendToken": "backend-token-a"}}
-    });
-    install(dir.path(), "jwt-org-router", guests::JWT_ORG_ROUTER, Some(&router.to_string()));
+    install_org_router(dir.path(), &upstream.url());
     let emails = json!({"emails": ["alice@example.org"], "identityHeader": "X-Forwarded-Email", "trustedProxies": ["10.0.0.0/8"]});
     install(dir.path(), "email-allowlist", guests::EMAIL_ALLOWLIST, Some(&emails.to_string()));
     // A second route on the same paths, at a lower priority: never chosen.
@@ -803,8 +809,9 @@ async fn a_request_whose_host_is_ambiguous_is_refused_before_routing() {
     assert_eq!(paths, ["/c", "/d"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catalog_allowlist_guards_admission_and_gateway_creation() {
+/// A gateway forwarding everything to an upstream named "airbyte", guarded
+/// by the catalog allowlist with its shipped settings.
+async fn catalog_gateway() -> (Upstream, Server, tempfile::TempDir) {
     let upstream = Upstream::start("airbyte").await;
     let dir = tempfile::tempdir().unwrap();
     install_pass_route(dir.path(), &upstream.url());
@@ -814,6 +821,12 @@ async fn catalog_allowlist_guards_admission_and_gateway_creation() {
     .unwrap();
     install(dir.path(), "catalog-allowlist", guests::CATALOG_ALLOWLIST, Some(&catalog));
     let server = Server::start(dir.path(), &[]);
+    (upstream, server, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_allowlist_guards_admission_and_gateway_creation() {
+    let (upstream, server, _dir) = catalog_gateway().await;
 
     let create = |path: &str, body: Value| http().post(gateway_url(&server, path)).json(&body).send();
     let cases = [
@@ -966,15 +979,7 @@ const SLOW_SECRET: [&str; 6] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_targets_are_normalised_before_any_plugin_sees_them() {
-    let upstream = Upstream::start("airbyte").await;
-    let dir = tempfile::tempdir().unwrap();
-    install_pass_route(dir.path(), &upstream.url());
-    let catalog = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/catalog-allowlist/catalog-allowlist.settings.json"),
-    )
-    .unwrap();
-    install(dir.path(), "catalog-allowlist", guests::CATALOG_ALLOWLIST, Some(&catalog));
-    let server = Server::start(dir.path(), &[]);
+    let (upstream, server, _dir) = catalog_gateway().await;
 
     // HTTP/1.1, sent byte for byte (clients normalise paths themselves).
     for path in SLOW_SECRET {
@@ -1042,11 +1047,7 @@ async fn request_targets_are_normalised_before_any_plugin_sees_them() {
 async fn every_header_is_visible_to_plugins_and_forwarding_headers_are_tollgates() {
     let upstream = Upstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let router = json!({
-        "keys": [{"kid": "client-1", "algorithm": "RS256", "pem": data("jwt/client-rs256.pub.pem")}],
-        "orgs": {"org-a": {"upstream": upstream.url(), "backendToken": "backend-token-a"}}
-    });
-    install(dir.path(), "jwt-org-router", guests::JWT_ORG_ROUTER, Some(&router.to_string()));
+    install_org_router(dir.path(), &upstream.url());
     // The SSO proxy's header is X-Auth-Email; a client's copy must go.
     let emails =
         json!({"emails": ["alice@example.org"], "identityHeader": "X-Auth-Email", "trustedProxies": ["10.0.0.0/8"]});

@@ -13,36 +13,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Server, client, configmap_review, guests, logged};
+use support::{Server, answers_within, ask, client, configmap_review, guests, logged};
 
 const ALLOW: &str = r#"{"validate": "echo"}"#;
 const DENY: &str = r#"{"validate": "fail"}"#;
 
-/// What the server answers on `path`: Some(allowed) or None for a 404.
-async fn ask(http: &reqwest::Client, server: &Server, path: &str) -> Option<bool> {
-    let response = http.post(server.url(path)).json(&configmap_review("hs")).send().await.expect("request sent");
-    if response.status() == 404 {
-        return None;
-    }
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.expect("JSON answer");
-    let answer = &body["response"];
-    assert_eq!(answer["uid"], "hs");
-    Some(answer["allowed"].as_bool().expect("allowed is a bool"))
-}
-
 /// Polls until the server answers `want` on `path` (bounded: a swap that
 /// never shows up fails the test rather than hanging it).
 async fn eventually(http: &reqwest::Client, server: &Server, path: &str, want: Option<bool>) {
-    let give_up = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = ask(http, server, path).await;
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < give_up, "{path} still answers {got:?}, expected {want:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    answers_within(http, server, path, want, Duration::from_secs(60)).await;
 }
 
 /// Writes `text` to `path` the way careful tools do: a hidden temporary file

@@ -13,6 +13,11 @@ use support::{Server, client, configmap_review, guests, install, plain, post_rev
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// `pass-route` answering 204 itself, so no upstream is needed.
+fn install_answering_route(dir: &std::path::Path) {
+    install(dir, "pass-route", guests::PASS_ROUTE, Some(r#"{"upstream": "http://127.0.0.1:9", "respond": 204}"#));
+}
+
 /// Far longer than any limit under test: reaching it means the server
 /// never closed or never answered.
 const HANG_GUARD: Duration = Duration::from_secs(20);
@@ -97,12 +102,7 @@ async fn a_gateway_flood_cannot_turn_admission_answers_into_the_failure_policy()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_idle_connections_are_closed_and_each_listener_is_capped() {
     let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
-        "pass-route",
-        guests::PASS_ROUTE,
-        Some(r#"{"upstream": "http://127.0.0.1:9", "respond": 204}"#),
-    );
+    install_answering_route(dir.path());
     install(dir.path(), "count", guests::MISBEHAVE, Some(r#"{"validate": "count"}"#));
     let server = Server::start(
         dir.path(),
@@ -244,12 +244,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_is_answered_with_goaway() {
     let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
-        "pass-route",
-        guests::PASS_ROUTE,
-        Some(r#"{"upstream": "http://127.0.0.1:9", "respond": 204}"#),
-    );
+    install_answering_route(dir.path());
     let server = Server::start(dir.path(), &[]);
     // 1,000 requests, each reset as soon as it is sent (CVE-2023-44487),
     // written at once, frame by frame.

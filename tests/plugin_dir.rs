@@ -9,33 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Server, client, configmap_review, guests, logged};
+use support::{Server, answers_within, ask, client, guests, logged};
 
 const ALLOW: &str = r#"{"validate": "echo"}"#;
-
-/// What the server answers on `path`: Some(allowed) or None for a 404.
-async fn ask(http: &reqwest::Client, server: &Server, path: &str) -> Option<bool> {
-    let response = http.post(server.url(path)).json(&configmap_review("pd")).send().await.expect("request sent");
-    if response.status() == 404 {
-        return None;
-    }
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.expect("JSON answer");
-    Some(body["response"]["allowed"].as_bool().expect("allowed is a bool"))
-}
-
-/// Polls until the server answers `want` on `path`, for at most `within`.
-async fn answers_within(http: &reqwest::Client, server: &Server, path: &str, want: Option<bool>, within: Duration) {
-    let give_up = Instant::now() + within;
-    loop {
-        let got = ask(http, server, path).await;
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < give_up, "{path} still answers {got:?}, expected {want:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The `/plugins` status.
 async fn status(server: &Server) -> Value {

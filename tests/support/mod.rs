@@ -241,6 +241,35 @@ pub async fn post_review(http: &reqwest::Client, url: &str, review: &serde_json:
     response.json().await.expect("a JSON answer")
 }
 
+/// What the server answers a ConfigMap review on `path`: `Some(allowed)`,
+/// or `None` for a 404 (no plugin there).
+pub async fn ask(http: &reqwest::Client, server: &Server, path: &str) -> Option<bool> {
+    let response = http.post(server.url(path)).json(&configmap_review("ask")).send().await.expect("request sent");
+    if response.status() == 404 {
+        return None;
+    }
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.expect("JSON answer");
+    let answer = &body["response"];
+    assert_eq!(answer["uid"], "ask");
+    Some(answer["allowed"].as_bool().expect("allowed is a bool"))
+}
+
+/// Polls until the server answers `want` on `path` (see [`ask`]), for at
+/// most `within`: a change that never shows up fails the test rather than
+/// hanging it.
+pub async fn answers_within(http: &reqwest::Client, server: &Server, path: &str, want: Option<bool>, within: Duration) {
+    let give_up = std::time::Instant::now() + within;
+    loop {
+        let got = ask(http, server, path).await;
+        if got == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < give_up, "{path} still answers {got:?}, expected {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A client for the plain-HTTP metrics listener.
 pub fn plain() -> reqwest::Client {
     // reqwest is built without a default crypto provider; it wants one even
