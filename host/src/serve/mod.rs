@@ -146,6 +146,16 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
 
     let runtime = Arc::new(Runtime::new(options.engine.clone())?);
     let limits = &options.limits;
+    // Said once at start: an operator who sees 503s or closed connections
+    // can tell which limit applies without reading the flags' defaults.
+    tracing::info!(
+        admission_calls = limits.admission_calls,
+        gateway_calls = limits.gateway_calls,
+        admission_connections = limits.admission.max_connections,
+        gateway_connections = limits.gateway.max_connections,
+        metrics_connections = limits.metrics.max_connections,
+        "limits"
+    );
     let calls = CallBudgets::new(limits.admission_calls, limits.gateway_calls, limits.gateway_wait);
     let state = Arc::new(HostState::new(calls));
     let serving_tls = tls::server_config(&options.tls)?;
