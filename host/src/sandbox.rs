@@ -182,11 +182,23 @@ pub async fn call<R>(
 /// guest's stack, and the instance is never reused. Clocks are the only
 /// thing a guest can wait on (it has no sockets, files or stdin), and at
 /// most until its deadline.
+///
+/// Most calls finish in their first poll (the guest neither waits nor
+/// reaches an epoch tick), so the timer is armed only for a call that did
+/// not: registering one for every call was the likeliest part of the
+/// microsecond the hardening added to each admission request (BENCHMARKS.md,
+/// "Hardening costs").
 pub(crate) async fn until_deadline<R>(
     deadline: Duration,
     call: impl Future<Output = wasmtime::Result<R>>,
 ) -> wasmtime::Result<R> {
-    match tokio::time::timeout(deadline, call).await {
+    let ends = tokio::time::Instant::now() + deadline;
+    let mut call = std::pin::pin!(call);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(result) = first {
+        return result;
+    }
+    match tokio::time::timeout_at(ends, call).await {
         Ok(result) => result,
         Err(_elapsed) => Err(Trap::Interrupt.into()),
     }

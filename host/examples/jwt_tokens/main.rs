@@ -16,7 +16,7 @@ fn main() {
     header.kid = Some("client-1".into());
     let mut out = std::io::BufWriter::new(std::io::stdout());
     for jti in 0..count {
-        let claims = serde_json::json!({"org": "org-a", "sub": "bench", "exp": exp, "jti": jti});
+        let claims = serde_json::json!({"org": "org-a", "sub": "bench", "exp": exp, "jti": jti.to_string()});
         let token = jsonwebtoken::encode(&header, &claims, &key).expect("sign");
         writeln!(out, "{token}").expect("write");
     }

@@ -301,7 +301,7 @@ fn prepare(req: &mut Request<Incoming>) -> Result<(), Unforwardable> {
     if path != req.uri().path() {
         let target = match req.uri().query() {
             Some(query) => format!("{path}?{query}"),
-            None => path,
+            None => path.into_owned(),
         };
         let mut parts = req.uri().clone().into_parts();
         parts.path_and_query = Some(target.parse().map_err(|_| Unforwardable::BadTarget)?);
