@@ -184,6 +184,57 @@ async fn silent_and_idle_connections_are_closed_and_each_listener_is_capped() {
     assert_eq!((admission("handshake_timeout"), admission("header_timeout")), (4, 1), "{metrics}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_must_be_complete_within_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    install_answering_route(dir.path());
+    install(dir.path(), "count", guests::MISBEHAVE, Some(r#"{"validate": "count"}"#));
+    // Idle timeouts past the hang guard: only the header timeout can close
+    // these connections in time.
+    let server = Server::start(
+        dir.path(),
+        &["--header-timeout-secs", "1", "--gateway-idle-secs", "60", "--admission-idle-secs", "60"],
+    );
+    let gateway = server.gateway.unwrap();
+
+    // A request line, then nothing.
+    let mut line_only = TcpStream::connect(gateway).await.unwrap();
+    line_only.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    // Headers trickled a line at a time, each well within any idle timeout.
+    let trickled = TcpStream::connect(gateway).await.unwrap();
+    let (read_half, mut write_half) = trickled.into_split();
+    let trickle = tokio::spawn(async move {
+        let mut sent = write_half.write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n").await;
+        while sent.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            sent = write_half.write_all(b"X-Slow: yes\r\n").await;
+        }
+        sent
+    });
+    // HTTP/2 (h2c): the preface and settings, then a HEADERS frame whose
+    // header block never ends (no END_HEADERS, no CONTINUATION).
+    let mut h2c = TcpStream::connect(gateway).await.unwrap();
+    h2c.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[]), &frame(HEADERS, 0, 1, &[0x82])].concat()).await.unwrap();
+    // Admission: a finished TLS handshake, then half a request head.
+    let mut admission = tls_handshake(server.admission, &server.ca(), LOOPBACK).await;
+    admission.write_all(b"POST /validate/misbehave HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+
+    closed_by_server(line_only, "request line without headers").await;
+    closed_by_server(read_half, "trickled headers").await;
+    trickle.await.unwrap().expect_err("the server stopped reading");
+    closed_by_server(h2c, "unfinished HTTP/2 header block").await;
+    closed_by_server(admission, "unfinished admission request head").await;
+
+    let metrics = server.metrics_text().await;
+    let closed = |listener: &str| {
+        counter(
+            &metrics,
+            &format!(r#"tollgate_connections_closed_total{{listener="{listener}",reason="header_timeout"}}"#),
+        )
+    };
+    assert_eq!((closed("gateway"), closed("admission")), (3, 1), "{metrics}");
+}
+
 /// The usual client address.
 const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 

@@ -136,8 +136,9 @@ pub struct ConnectionLimits {
     /// (the gateway's clients often share a load balancer's or NAT's
     /// address).
     pub max_per_peer: Option<usize>,
-    /// From accept to the end of the TLS handshake, and from there to the
-    /// first request's headers.
+    /// From accept to the end of the first request's headers (the TLS
+    /// handshake included), and from an idle connection's close to the end
+    /// of a request head it had started.
     pub header_timeout: Duration,
     /// How long a connection stays open with no request in flight after
     /// its last one (HTTP/1.1 keep-alive and HTTP/2 alike).
@@ -342,17 +343,19 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// Completes the TLS handshake (within the header timeout), then serves
-    /// the connection.
+    /// Completes the TLS handshake, then serves the connection; the header
+    /// timeout counts from accept, so the handshake and the first request's
+    /// headers share it.
     async fn run(self, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+        let activity = Arc::new(Activity::new());
         let Some(acceptor) = tls else {
-            return self.drive(tcp, Connection { peer, tls: None }).await;
+            return self.drive(tcp, Connection { peer, tls: None }, activity).await;
         };
         let name = self.listener.name;
         match tokio::time::timeout(self.listener.limits.header_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => {
                 let facts = tls_facts(stream.get_ref().1);
-                self.drive(stream, Connection { peer, tls: Some(facts) }).await;
+                self.drive(stream, Connection { peer, tls: Some(facts) }, activity).await;
             }
             Ok(Err(error)) => handshake_failed(name, peer, &error),
             Err(_) => {
@@ -366,14 +369,18 @@ where
     }
 
     /// Serves HTTP on `io` until the client closes it, it goes idle past
-    /// the listener's limits, or shutdown starts. Closing is graceful
-    /// (requests in flight finish), bounded by [`DRAIN_TIMEOUT`] at shutdown
-    /// and by the idle timeout otherwise.
-    async fn drive<I>(mut self, io: I, connection: Connection)
+    /// the listener's limits, or shutdown starts.
+    ///
+    /// A connection that has not completed a request's headers by the header
+    /// timeout is dropped: no request reached the handler, so there is
+    /// nothing to finish (hyper alone would wait for the headers as long as
+    /// the client trickles them). An idle one is closed gracefully (HTTP/2
+    /// clients get GOAWAY and retry elsewhere), and dropped if a request
+    /// head it had started does not complete within the header timeout.
+    async fn drive<I>(mut self, io: I, connection: Connection, activity: Arc<Activity>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity::new());
         let service = {
             let (handler, activity, connection) =
                 (self.handler.clone(), activity.clone(), Arc::new(connection.clone()));
@@ -387,9 +394,9 @@ where
         tokio::pin!(conn);
         let limits = self.listener.limits;
         // Set once the connection is asked to close: by then it must be gone.
-        let mut closing: Option<Instant> = None;
+        let mut closing: Option<Closing> = None;
         loop {
-            let wake = closing.unwrap_or_else(|| activity.expires(&limits));
+            let wake = closing.as_ref().map_or_else(|| activity.expires(&limits), |c| c.by);
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(error) = result {
@@ -397,24 +404,45 @@ where
                     }
                     return;
                 }
-                _ = tokio::time::sleep_until(wake) => {
-                    if closing.is_some() {
+                _ = tokio::time::sleep_until(wake) => match closing {
+                    Some(Closing { at_shutdown: true, .. }) => {
                         self.listener.closed("drain_timeout");
                         return;
                     }
-                    if let Some(reason) = activity.expired(&limits) {
-                        self.listener.closed(reason);
+                    // A request that arrived as the connection went idle
+                    // finishes; a head that never completed does not.
+                    Some(ref mut idle) if activity.busy() => idle.by = Instant::now() + limits.idle_timeout,
+                    Some(_) => return,
+                    None => match activity.expired(&limits) {
+                        None => {}
+                        Some(reason @ "header_timeout") => {
+                            self.listener.closed(reason);
+                            return;
+                        }
+                        Some(reason) => {
+                            self.listener.closed(reason);
+                            conn.as_mut().graceful_shutdown();
+                            closing = Some(Closing { by: Instant::now() + limits.header_timeout, at_shutdown: false });
+                        }
+                    },
+                },
+                _ = self.shutdown.changed(), if !closing.as_ref().is_some_and(|c| c.at_shutdown) => {
+                    if closing.is_none() {
                         conn.as_mut().graceful_shutdown();
-                        closing = Some(Instant::now() + limits.idle_timeout);
                     }
-                }
-                _ = self.shutdown.changed(), if closing.is_none() => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now() + DRAIN_TIMEOUT);
+                    closing = Some(Closing { by: Instant::now() + DRAIN_TIMEOUT, at_shutdown: true });
                 }
             }
         }
     }
+}
+
+/// A connection asked to close, and by when it must be gone.
+struct Closing {
+    by: Instant,
+    /// Closed for shutdown (drained for up to [`DRAIN_TIMEOUT`]) rather
+    /// than for being idle.
+    at_shutdown: bool,
 }
 
 /// A response body that keeps its request in flight until it has been
@@ -466,6 +494,11 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// Whether a request is in flight.
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
     fn touch(&self) {
         self.last.store(self.opened.elapsed().as_millis() as u64, Ordering::Release);
     }
@@ -475,7 +508,7 @@ impl Activity {
     /// a request that ends meanwhile has already stamped `last` (it does so
     /// before leaving), so it is never taken for an old idle one.
     fn expires(&self, limits: &ConnectionLimits) -> Instant {
-        let busy = self.in_flight.load(Ordering::Acquire) > 0;
+        let busy = self.busy();
         match self.last.load(Ordering::Acquire) {
             u64::MAX if !busy => self.opened + limits.header_timeout,
             _ if busy => Instant::now() + limits.idle_timeout,
