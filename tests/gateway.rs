@@ -769,9 +769,15 @@ async fn upstream_failures_routing_and_streaming() {
 /// Sends `request` as raw bytes to the gateway (clients build well-formed
 /// requests only) and returns the status line and the body.
 async fn raw_request(server: &Server, request: impl AsRef<[u8]>) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(server.gateway.expect("gateway listening")).await.unwrap();
     stream.write_all(request.as_ref()).await.unwrap();
+    read_answer(stream).await
+}
+
+/// The status line and body the server sends on `stream` before closing it.
+async fn read_answer(mut stream: tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
     let answer = String::from_utf8_lossy(&answer).into_owned();
@@ -781,7 +787,7 @@ async fn raw_request(server: &Server, request: impl AsRef<[u8]>) -> (String, Str
 }
 
 #[tokio::test]
-async fn a_request_whose_host_is_ambiguous_is_refused_before_routing() {
+async fn a_request_whose_host_is_ambiguous_or_invalid_is_refused_before_routing() {
     let upstream = Upstream::start("api").await;
     let dir = tempfile::tempdir().unwrap();
     install_pass_route(dir.path(), &upstream.url());
@@ -797,6 +803,13 @@ async fn a_request_whose_host_is_ambiguous_is_refused_before_routing() {
     let (status, body) = raw_request(&server, none).await;
     assert!(status.starts_with("HTTP/1.1 400"), "{status}");
     assert!(body.contains("an HTTP/1.1 request needs a Host header"), "{body}");
+    // Not a host: the upstream would get it in X-Forwarded-Host.
+    for host in ["b.example, c.example", "a b", "api.example:99999", "user@api.example"] {
+        let (status, body) =
+            raw_request(&server, format!("GET /e HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{host}: {status}");
+        assert!(body.contains("the Host header is not a host name or address"), "{host}: {body}");
+    }
     assert!(upstream.seen().is_empty(), "refused requests must not reach the upstream");
 
     // HTTP/1.0 has no Host requirement; an absolute URI names the host itself.
@@ -812,6 +825,11 @@ async fn a_request_whose_host_is_ambiguous_is_refused_before_routing() {
 /// A gateway forwarding everything to an upstream named "airbyte", guarded
 /// by the catalog allowlist with its shipped settings.
 async fn catalog_gateway() -> (Upstream, Server, tempfile::TempDir) {
+    catalog_gateway_with(&[]).await
+}
+
+/// [`catalog_gateway`], the server started with `args`.
+async fn catalog_gateway_with(args: &[&str]) -> (Upstream, Server, tempfile::TempDir) {
     let upstream = Upstream::start("airbyte").await;
     let dir = tempfile::tempdir().unwrap();
     install_pass_route(dir.path(), &upstream.url());
@@ -820,8 +838,47 @@ async fn catalog_gateway() -> (Upstream, Server, tempfile::TempDir) {
     )
     .unwrap();
     install(dir.path(), "catalog-allowlist", guests::CATALOG_ALLOWLIST, Some(&catalog));
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), args);
     (upstream, server, dir)
+}
+
+/// A POST that declares 100 bytes of body and sends 10.
+const STALLED_POST: &str = "POST /api/v1/source_definitions/create HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"sourceDe";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stops_arriving_is_answered_408() {
+    // Buffered for the catalog allowlist, which inspects bodies.
+    let (upstream, server, _dir) = catalog_gateway_with(&["--gateway-idle-secs", "1"]).await;
+    let (status, body) = raw_request(&server, STALLED_POST).await;
+    assert!(status.contains(" 408 "), "{status} {body}");
+    assert!(body.contains("slow_body") && body.contains("paused longer than 1s"), "{body}");
+    assert!(upstream.seen().is_empty());
+
+    // Streamed to the upstream: the upstream request is abandoned.
+    let upstream = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    install_pass_route(dir.path(), &upstream.url());
+    let server = Server::start(dir.path(), &["--gateway-idle-secs", "1"]);
+    let (status, body) = raw_request(&server, STALLED_POST).await;
+    assert!(status.contains(" 408 "), "{status} {body}");
+    assert!(body.contains("paused longer than 1s"), "{body}");
+    // A body that keeps coming, if slowly, is forwarded whole.
+    let (status, _) = slow_post(&server, 6, Duration::from_millis(300)).await;
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(upstream.seen().pop().unwrap().body, "abcdef".as_bytes());
+}
+
+/// POSTs a body of `chunks` bytes to the gateway, one byte every `pause`.
+async fn slow_post(server: &Server, chunks: usize, pause: Duration) -> (String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(server.gateway.expect("gateway listening")).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {chunks}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for byte in (b'a'..).take(chunks) {
+        tokio::time::sleep(pause).await;
+        stream.write_all(&[byte]).await.unwrap();
+    }
+    read_answer(stream).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -870,6 +927,21 @@ async fn catalog_allowlist_guards_admission_and_gateway_creation() {
             }
         }
     }
+
+    // A key given twice is refused: the upstream's parser may read the
+    // copy the allowlist did not.
+    let before = upstream.seen().len();
+    for body in [
+        r#"{"sourceDefinition": {"name": "Coin API"}, "sourceDefinition": {"name": "Postgres"}}"#,
+        r#"{"sourceDefinition": {"name": "Postgres", "name": "Coin API"}}"#,
+    ] {
+        let path = "/api/v1/source_definitions/create";
+        let response = http().post(gateway_url(&server, path)).body(body).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["reason"], "duplicate-key", "{body}");
+    }
+    assert_eq!(upstream.seen().len(), before);
 
     // The same list as an admission plugin.
     let tls = client(&server.ca(), None);

@@ -218,3 +218,39 @@ async fn refusal_reasons_do_not_quote_settings_and_settings_links_stay_in_the_di
         assert!(!everything.contains(secret), "{secret} leaked: {everything}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_files_are_refused_as_what_they_are_and_never_block_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let mkfifo = |name: &str| {
+        let status = std::process::Command::new("mkfifo").arg(path(name)).status().expect("mkfifo runs");
+        assert!(status.success(), "mkfifo {name}");
+    };
+    support::install(dir.path(), "good", guests::MISBEHAVE, Some(ALLOW));
+    // Named like plugins: a pipe (opening it for reading would wait for a
+    // writer), a link to an endless device, a directory.
+    mkfifo("pipe.wasm");
+    std::os::unix::fs::symlink("/dev/zero", path("zero.wasm")).unwrap();
+    std::fs::create_dir(path("folder.wasm")).unwrap();
+    // Plugins whose settings file is a pipe or a directory: refused, not
+    // taken for "no settings".
+    std::fs::copy(guests::MISBEHAVE, path("piped.wasm")).unwrap();
+    mkfifo("piped.settings.json");
+    std::fs::copy(guests::MISBEHAVE, path("boxed.wasm")).unwrap();
+    std::fs::create_dir(path("boxed.settings.json")).unwrap();
+
+    let server = Server::start(dir.path(), &[]);
+    let http = client(&server.ca(), None);
+    assert_eq!(ask(&http, &server, "/validate/misbehave").await, Some(true));
+    for (file, what) in [
+        ("pipe.wasm", "is a named pipe, not a regular file"),
+        ("zero.wasm", "is a device, not a regular file"),
+        ("folder.wasm", "is a directory, not a regular file"),
+        ("piped.wasm", "piped.settings.json: is a named pipe, not a regular file"),
+        ("boxed.wasm", "boxed.settings.json: is a directory, not a regular file"),
+    ] {
+        let reason = refusal(&server, file).await.unwrap_or_else(|| panic!("{file} not refused"));
+        assert!(reason.contains(what), "{file}: {reason}");
+    }
+}

@@ -18,8 +18,10 @@ pub enum EngineError {
 /// A call into a plugin failed. The plugin did not answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
-    /// The epoch deadline interrupted the guest.
-    #[error("ran past its deadline of {} ms", .0.as_millis())]
+    /// The call ran out of time (epoch or timer); the duration is what it
+    /// had when it started, the plugin's deadline less the time already
+    /// spent on the request (waiting for a call, reading the body).
+    #[error("ran past its deadline ({} ms were left for the call)", .0.as_millis())]
     Deadline(Duration),
     /// The guest asked for more memory than its cap.
     #[error("exceeded its memory cap of {cap_mib} MiB")]
@@ -104,6 +106,10 @@ pub enum Refusal {
     /// The file could not be read.
     #[error("cannot read the file: {0}")]
     Read(Arc<std::io::Error>),
+    /// Not a regular file (links followed): a directory, a named pipe, a
+    /// device. Never read: a pipe or `/dev/zero` would never end.
+    #[error("is a {0}, not a regular file")]
+    NotAFile(&'static str),
     /// Not WebAssembly at all (told from the first bytes: the rest is not read).
     #[error("is not a WebAssembly file (it does not start with the \\0asm header)")]
     NotWasm,
@@ -230,6 +236,10 @@ pub enum SettingsError {
     /// It could not be read.
     #[error("cannot read it: {0}")]
     Read(Arc<std::io::Error>),
+    /// Not a regular file (links followed): a directory, a named pipe, a
+    /// device.
+    #[error("is a {0}, not a regular file")]
+    NotAFile(&'static str),
     /// Larger than `--max-settings-kib` (told from its size: it is not read).
     #[error("is {}, over the settings size limit of {} (--max-settings-kib)", in_units(*size), in_units(*limit))]
     TooLarge {

@@ -124,7 +124,10 @@ impl Settings {
     /// `my-policy` as `my_policy.wasm`, while its settings file is named
     /// after the crate.
     pub fn beside(wasm: &Path, max_bytes: u64) -> Result<Self, Refusal> {
-        let found: Vec<PathBuf> = Self::candidates(wasm).into_iter().filter(|p| p.is_file()).collect();
+        // Anything there but a dangling link (a file being removed, as a
+        // ConfigMap volume does it): a directory or pipe is refused, not
+        // taken for "no settings".
+        let found: Vec<PathBuf> = Self::candidates(wasm).into_iter().filter(|p| p.exists()).collect();
         match found.as_slice() {
             [] => {
                 let dir = wasm.parent().map_or_else(String::new, |d| format!(" in {}", d.display()));
@@ -177,7 +180,10 @@ fn settings_stems(wasm: &Path) -> Vec<String> {
 /// even if it grows.
 fn read_settings_text(file: &Path, dir: Option<&Path>, max_bytes: u64) -> Result<String, SettingsError> {
     let io = |e| SettingsError::Read(Arc::new(e));
-    let mut opened = File::open(file).map_err(io)?;
+    let mut opened = match open_regular(file).map_err(io)? {
+        Ok(opened) => opened,
+        Err(what) => return Err(SettingsError::NotAFile(what)),
+    };
     if let Some(dir) = dir
         && !real_path(&opened, file).map_err(io)?.starts_with(dir)
     {
@@ -195,6 +201,26 @@ fn read_settings_text(file: &Path, dir: Option<&Path>, max_bytes: u64) -> Result
     String::from_utf8(bytes).map_err(|_| SettingsError::NotText)
 }
 
+/// Opens `path` for reading if it is a regular file (links followed), else
+/// says what it is. The open does not block: opening a named pipe would
+/// wait for a writer, and the type is checked on the open file, so a file
+/// swapped meanwhile is not read unchecked. (`O_NONBLOCK` changes nothing
+/// for reading a regular file.)
+fn open_regular(path: &Path) -> std::io::Result<Result<File, &'static str>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path)?;
+    let kind = file.metadata()?.file_type();
+    Ok(match () {
+        () if kind.is_file() => Ok(file),
+        () if kind.is_dir() => Err("directory"),
+        () if kind.is_fifo() => Err("named pipe"),
+        () if kind.is_char_device() || kind.is_block_device() => Err("device"),
+        () if kind.is_socket() => Err("socket"),
+        () => Err("special file"),
+    })
+}
+
 /// Where an open file really is, every link resolved: from `/proc` for the
 /// file as opened, else (no `/proc`) by resolving its path again.
 fn real_path(opened: &File, path: &Path) -> std::io::Result<PathBuf> {
@@ -208,7 +234,7 @@ fn real_path(opened: &File, path: &Path) -> std::io::Result<PathBuf> {
 /// grow meanwhile.
 pub fn read_plugin(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Refusal> {
     let io = |e| Refusal::Read(Arc::new(e));
-    let mut file = File::open(path).map_err(io)?;
+    let mut file = open_regular(path).map_err(io)?.map_err(Refusal::NotAFile)?;
     let mut header = Vec::with_capacity(HEADER_LEN);
     (&mut file).take(HEADER_LEN as u64).read_to_end(&mut header).map_err(io)?;
     sniff(&header)?;
@@ -456,14 +482,16 @@ fn indices(kind: Kind, pre: &InstancePre<Sandbox>) -> wasmtime::Result<Exports> 
 }
 
 /// Plugin files of a directory, sorted. Hidden files are skipped: copy tools
-/// and editors write them while a file is being replaced.
+/// and editors write them while a file is being replaced. So are dangling
+/// links (a file being removed); anything else named `*.wasm`, a directory
+/// or a pipe, is listed, to be refused with the reason.
 pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
     let fail = |error| DirError { dir: dir.to_path_buf(), error };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(fail)? {
         let path = entry.map_err(fail)?.path();
         let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
-        if !hidden && path.extension().is_some_and(|e| e == PLUGIN_EXTENSION) && path.is_file() {
+        if !hidden && path.extension().is_some_and(|e| e == PLUGIN_EXTENSION) && path.exists() {
             files.push(path);
         }
     }

@@ -321,7 +321,7 @@ fn every_bad_file_is_refused_with_its_reason_while_good_plugins_load() {
     assert!(invalid.contains("name: \"Invalid_Name\" must be a DNS-1123 label"), "{invalid}");
     assert!(invalid.contains("if '*' is present, must not specify other resources"), "{invalid}");
     assert!(invalid.contains("timeoutSeconds: 60 must be between 1 and 30"), "{invalid}");
-    assert!(reason("loops.wasm").contains("metadata() ran past its deadline of 250 ms"));
+    assert!(reason("loops.wasm").contains("metadata() ran past its deadline (250 ms were left for the call)"));
     let panics = reason("panics.wasm");
     assert!(panics.contains("metadata() trapped") && panics.contains("metadata is broken on purpose"), "{panics}");
     assert!(reason("configure-fails.wasm").contains("refused its settings: refused on purpose"));

@@ -4,7 +4,8 @@
 //! answered by the route directly.
 //!
 //! Order, for one request:
-//! 1. the host is ambiguous (two `Host` headers, HTTP/1.1 without one) → 400;
+//! 1. the host is ambiguous or invalid (two `Host` headers, HTTP/1.1
+//!    without one, `a, b`, a port past 65535) → 400;
 //!    the request is made what plugins decide on and the upstream gets
 //!    ([`prepare`]: target normalised, `_` headers dropped), or
 //!    refused → 400; no route matches → 404;
@@ -19,11 +20,12 @@
 //! admission's); waiting on the upstream does not. A call that finds none
 //! free within the budget's wait gets 503 with `Retry-After`.
 
+pub mod client_body;
 pub mod proxy;
 pub mod target;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
@@ -40,8 +42,9 @@ use crate::plugin::{AllowCheck, Plugin};
 use crate::serve::listener::Connection;
 use crate::state::{Budget, HostState, Overloaded};
 use crate::throttle::Throttle;
+use client_body::{ClientBody, Stalled, stalled};
 use gateway_rules::Cidrs;
-use proxy::{Body, ClientFacts, Upstreams};
+use proxy::{Body, ClientFacts, UpstreamError, Upstreams};
 
 /// Bodies an allowlist inspects are buffered up to this; larger is 413.
 pub const MAX_INSPECTED_BODY: usize = 1 << 20;
@@ -54,12 +57,22 @@ pub struct Gateway {
     trusted_proxies: Cidrs,
     /// "http" or "https", as clients connect.
     scheme: &'static str,
+    /// The longest a request body may pause ([`ClientBody`]).
+    body_gap: Duration,
 }
 
 impl Gateway {
-    /// A gateway over the plugins in `state`.
-    pub fn new(state: Arc<HostState>, upstreams: Upstreams, trusted_proxies: Cidrs, tls: bool) -> Self {
-        Self { state, upstreams, trusted_proxies, scheme: if tls { "https" } else { "http" } }
+    /// A gateway over the plugins in `state`; request bodies may pause at
+    /// most `body_gap` (the listener's idle timeout: a body that stops is
+    /// an idle connection).
+    pub fn new(
+        state: Arc<HostState>,
+        upstreams: Upstreams,
+        trusted_proxies: Cidrs,
+        tls: bool,
+        body_gap: Duration,
+    ) -> Self {
+        Self { state, upstreams, trusted_proxies, scheme: if tls { "https" } else { "http" }, body_gap }
     }
 
     /// Answers one gateway request.
@@ -129,6 +142,7 @@ impl Gateway {
         let identity = forward.identity.clone().unwrap_or(no_identity);
         let wants_body = after.iter().any(|p| inspects_body(p)) && has_body(&req);
         let (parts, body) = req.into_parts();
+        let body = ClientBody::new(body, self.body_gap);
         let (body, buffered) = if wants_body {
             match Limited::new(body, MAX_INSPECTED_BODY).collect().await {
                 Ok(collected) => {
@@ -140,6 +154,9 @@ impl Gateway {
                         name,
                         json_response(413, "too_large", "the body is larger than the 1 MiB an allowlist inspects"),
                     );
+                }
+                Err(error) if let Some(&slow) = stalled(&*error) => {
+                    return (name, self.slow_body(&slow, conn));
                 }
                 Err(_) => return (name, json_response(400, "bad_request", "the body could not be read")),
             }
@@ -182,6 +199,7 @@ impl Gateway {
                 upstreams.get_or_create(&UpstreamLabels { route: route.to_string(), status }).inc();
                 response
             }
+            Err(UpstreamError::SlowBody(slow)) => self.slow_body(&slow, conn),
             Err(error) => {
                 upstreams
                     .get_or_create(&UpstreamLabels { route: route.to_string(), status: error.label().into() })
@@ -191,6 +209,15 @@ impl Gateway {
                 json_response(error.status(), code, &error.to_string())
             }
         }
+    }
+
+    /// The answer to a client whose body stopped arriving: its fault, not
+    /// the upstream's, so logged with the refused requests.
+    fn slow_body(&self, slow: &Stalled, conn: &Connection) -> Response<Body> {
+        if let Some(suppressed) = REFUSED_LOG.admit() {
+            tracing::info!(peer = %conn.peer, reason = %slow, suppressed, "gateway request refused");
+        }
+        json_response(408, "slow_body", &slow.to_string())
     }
 
     /// Runs one allowlist; `Err` is the 403 (or 502) to send.
@@ -334,17 +361,27 @@ enum Unforwardable {
     NotUtf8(HeaderName),
 }
 
-/// Why the host a request is for is ambiguous, if it is (RFC 9112, 3.2):
-/// two `Host` headers, or an HTTP/1.1 request with neither `Host` nor an
-/// absolute URI. Routes match on the host, so such a request is refused
-/// rather than routed by one reading of it.
+/// Why the host a request is for is ambiguous or invalid, if it is (RFC
+/// 9112 §3.2): two `Host` headers, an HTTP/1.1 request with neither `Host`
+/// nor an absolute URI, or a host that is not one
+/// ([`target::is_valid_host`]). Routes match on the host and the upstream
+/// gets it in `X-Forwarded-Host`, so such a request is refused rather than
+/// routed by one reading of it.
 fn host_error(req: &Request<Incoming>) -> Option<&'static str> {
-    let hosts = req.headers().get_all(HOST).iter().count();
-    if hosts > 1 {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Some("the request has more than one Host header");
     }
-    if hosts == 0 && req.version() == Version::HTTP_11 && req.uri().authority().is_none() {
+    if host.is_none() && req.version() == Version::HTTP_11 && req.uri().authority().is_none() {
         return Some("an HTTP/1.1 request needs a Host header");
+    }
+    let valid = |text: Option<&str>| text.is_some_and(target::is_valid_host);
+    if host.is_some_and(|host| !valid(host.to_str().ok())) {
+        return Some("the Host header is not a host name or address with an optional port (RFC 9110 §7.2)");
+    }
+    if req.uri().authority().is_some_and(|authority| !valid(Some(authority.as_str()))) {
+        return Some("the request's authority is not a host name or address with an optional port");
     }
     None
 }

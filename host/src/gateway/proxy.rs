@@ -16,10 +16,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::client_body::{BoxError, Stalled, stalled};
 use crate::contract::types::{Forward, Header};
 
 /// The body type of every gateway request and response.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// plus `Proxy-Authorization`, meant for this gateway only.
@@ -42,7 +43,7 @@ const HOP_BY_HOP: [&str; 8] = [
 /// proxies of its own reads `X-Forwarded-For`); identity headers an SSO
 /// proxy sets (`X-Forwarded-Email`, `-User`) are not in the set: the
 /// allowlist that reads one removes a client's copy.
-const FORWARDING: [&str; 15] = [
+const FORWARDING: [&str; 17] = [
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -55,6 +56,8 @@ const FORWARDING: [&str; 15] = [
     "x-client-ip",
     "true-client-ip",
     "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
     "x-original-url",
     "x-original-uri",
     "x-rewrite-url",
@@ -100,6 +103,9 @@ pub enum UpstreamError {
     /// The connection failed mid-way.
     #[error("upstream failed")]
     Failed,
+    /// The client's body paused too long while it was being forwarded.
+    #[error(transparent)]
+    SlowBody(Stalled),
 }
 
 impl UpstreamError {
@@ -107,6 +113,7 @@ impl UpstreamError {
     pub fn status(&self) -> u16 {
         match self {
             Self::Timeout => 504,
+            Self::SlowBody(_) => 408,
             _ => 502,
         }
     }
@@ -118,6 +125,7 @@ impl UpstreamError {
             Self::Connect => "connect_error",
             Self::Timeout => "timeout",
             Self::Failed => "error",
+            Self::SlowBody(_) => "slow_body",
         }
     }
 }
@@ -204,6 +212,7 @@ impl Upstreams {
         };
         let response = match result {
             Err(error) if error.is_connect() => return Err(UpstreamError::Connect),
+            Err(error) if let Some(&slow) = stalled(&error) => return Err(UpstreamError::SlowBody(slow)),
             Err(error) => {
                 tracing::debug!(%error, "upstream request failed");
                 return Err(UpstreamError::Failed);
@@ -212,7 +221,7 @@ impl Upstreams {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.boxed()))
+        Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
     }
 }
 
@@ -224,12 +233,12 @@ struct SignalEnd {
 
 impl hyper::body::Body for SignalEnd {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         // hyper stops polling a body whose length is known once it is
         // complete, so its end is seen on the last frame, not after it.

@@ -144,9 +144,50 @@ fn remove_dot_segments(path: &str) -> String {
     format!("/{}", segments.join("/"))
 }
 
+/// Whether `text` is a `Host` value (RFC 9110 §7.2): `uri-host [":" port]`
+/// with a port that fits 16 bits. Refused besides what RFC 3986 refuses: user
+/// info (`user@host`) and a `,`, which RFC 3986 allows in a name but which
+/// makes `X-Forwarded-Host` read as a list upstream.
+pub fn is_valid_host(text: &str) -> bool {
+    if text.contains(['@', ',']) {
+        return false;
+    }
+    let Ok(authority) = text.parse::<http::uri::Authority>() else { return false };
+    let host = authority.host();
+    let port = &text[host.len()..];
+    !host.is_empty()
+        && (port.is_empty()
+            || port.strip_prefix(':').is_some_and(|port| {
+                !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
+            }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_is_a_name_or_address_and_an_optional_port() {
+        for host in ["api.example", "api.example:8080", "127.0.0.1:1", "[::1]:443", "[::1]", "a-b.example"] {
+            assert!(is_valid_host(host), "{host}");
+        }
+        for host in [
+            "",
+            ":80",
+            "b.example, c.example",
+            "b.example,c.example",
+            "a b",
+            "api.example:99999",
+            "api.example:",
+            "api.example:+80",
+            "api.example:80:80",
+            "user@api.example",
+            "api.example/x",
+            "[::1",
+        ] {
+            assert!(!is_valid_host(host), "{host}");
+        }
+    }
 
     #[test]
     fn the_spellings_of_a_guarded_path_all_normalise_to_it() {

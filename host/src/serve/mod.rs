@@ -173,7 +173,8 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
             let gateways: Vec<Arc<Gateway>> = (0..loops)
                 .map(|_| {
                     let upstreams = Upstreams::new(gateway.upstream.clone(), upstream_tls.clone());
-                    Arc::new(Gateway::new(state.clone(), upstreams, trusted.clone(), gateway.tls))
+                    let body_gap = options.limits.gateway.idle_timeout;
+                    Arc::new(Gateway::new(state.clone(), upstreams, trusted.clone(), gateway.tls, body_gap))
                 })
                 .collect();
             Some((gateway, gateways))

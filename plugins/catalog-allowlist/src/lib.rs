@@ -81,34 +81,60 @@ fn decision(allowed: bool, reason: &str) -> AllowDecision {
 }
 
 /// Which definition an Airbyte API path creates, if it creates one.
-fn created_by(method: &str, path: &str) -> Option<(Side, &'static str)> {
+fn created_by(method: &str, path: &str) -> Option<Side> {
     if method != "POST" {
         return None;
     }
     let path = path.trim_end_matches('/');
-    for (suffix, side, field) in [
-        ("/source_definitions/create", Side::Source, "sourceDefinition"),
-        ("/source_definitions/create_custom", Side::Source, "sourceDefinition"),
-        ("/destination_definitions/create", Side::Destination, "destinationDefinition"),
-        ("/destination_definitions/create_custom", Side::Destination, "destinationDefinition"),
+    for (suffix, side) in [
+        ("/source_definitions/create", Side::Source),
+        ("/source_definitions/create_custom", Side::Source),
+        ("/destination_definitions/create", Side::Destination),
+        ("/destination_definitions/create_custom", Side::Destination),
     ] {
         if path.ends_with(suffix) {
-            return Some((side, field));
+            return Some(side);
         }
     }
     None
 }
 
+/// The part of a creation request this plugin reads. Typed, so a key given
+/// twice is refused ("duplicate field") rather than read as the last copy:
+/// the upstream's JSON parser may take the first, and then decide on a
+/// name this plugin never saw.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Creation {
+    source_definition: Option<Named>,
+    destination_definition: Option<Named>,
+    /// Older Airbyte versions put the name at the top.
+    name: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: Option<Value>,
+}
+
 fn check_request(catalog: &Catalog, req: &RequestHead, body: Option<&str>) -> AllowDecision {
-    let Some((side, field)) = created_by(&req.method, &req.path) else {
+    let Some(side) = created_by(&req.method, &req.path) else {
         return decision(true, "not-a-creation");
     };
-    let Some(body) = body.and_then(|b| serde_json::from_str::<Value>(b).ok()) else {
-        return decision(false, "body-not-json");
+    let creation = match body.map(serde_json::from_str::<Creation>) {
+        Some(Ok(creation)) => creation,
+        Some(Err(error)) if error.to_string().starts_with("duplicate field") => {
+            return decision(false, "duplicate-key");
+        }
+        _ => return decision(false, "body-not-json"),
     };
     // Airbyte sends {"sourceDefinition": {"name": ...}} (older: {"name": ...}).
-    let name = body.get(field).and_then(|d| d.get("name")).or_else(|| body.get("name")).and_then(Value::as_str);
-    match name {
+    let definition = match side {
+        Side::Source => creation.source_definition,
+        Side::Destination => creation.destination_definition,
+    };
+    let name = definition.and_then(|d| d.name).or(creation.name);
+    match name.as_ref().and_then(Value::as_str) {
         Some(name) if catalog.allows(side, name) => decision(true, "connector-listed"),
         Some(_) => decision(false, "connector-not-listed"),
         None => decision(false, "no-connector-name"),
