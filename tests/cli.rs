@@ -309,6 +309,11 @@ fn eval_stops_a_guest_waiting_in_a_host_call_at_its_deadline() {
     let out = child.wait_with_output().unwrap();
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(said.contains("ran past its deadline"), "{said}");
+    // Answered as the server answers, by the failure policy, and exit 3.
+    let review: Value = serde_json::from_slice(&out.stdout).expect("eval prints the review");
+    assert_eq!(review["response"]["allowed"], false, "{review}");
+    assert!(review["response"]["status"]["message"].as_str().unwrap().contains("denied by failurePolicy Fail"));
+    assert_eq!(out.status.code(), Some(3), "{said}");
 }
 
 /// Runs tollgate with `args`, killing it (and failing) if it is still

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Bencher, Criterion, criterion_group, criterion_main};
-use tollgate::admission;
+use tollgate::admission::review;
 use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::loader::{Loader, Settings};
 use wasmtime::component::Component;
@@ -84,7 +84,7 @@ fn cold<R>(b: &mut Bencher, evict: &mut [u8], mut f: impl FnMut() -> R) {
 }
 
 fn request(review: &str) -> tollgate::contract::types::AdmissionRequest {
-    admission::to_contract(&admission::parse_review(review.as_bytes()).expect("review")).expect("convertible")
+    review::to_contract(&review::parse_review(review.as_bytes()).expect("review")).expect("convertible")
 }
 
 /// A review as the API server sends it: compact JSON (the files in

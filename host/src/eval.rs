@@ -1,13 +1,20 @@
 //! Running one plugin offline on one request, as `tollgate eval` does (like
-//! `kwctl run`): the same code path the servers use, without a server.
+//! `kwctl run`): the same code path the servers use, without a server. A
+//! review is decided by [`decision::decide`], as the admission listener
+//! decides it: a plugin that fails is answered by its failure policy.
+
+use std::time::Instant;
 
 use serde::Deserialize;
 
-use crate::admission;
+use crate::admission::decision;
+use crate::admission::review;
 use crate::contract::Kind;
 use crate::contract::types::{Identity, RequestHead};
 use crate::error::PluginError;
 use crate::plugin::{AllowCheck, Plugin};
+use crate::sandbox;
+use crate::state::CallBudget;
 
 /// Why an evaluation could not produce an answer.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +24,7 @@ pub enum EvalError {
     Request(String),
     /// An AdmissionReview that is malformed.
     #[error(transparent)]
-    Review(#[from] admission::ReviewError),
+    Review(#[from] review::ReviewError),
     /// The plugin failed.
     #[error(transparent)]
     Plugin(#[from] PluginError),
@@ -48,17 +55,31 @@ fn no_identity() -> Identity {
     Identity { email: None, subject: None }
 }
 
-/// Evaluates `request` (JSON text) with `plugin` and returns the answer as
-/// JSON: an AdmissionReview response for a review, a route decision for a
-/// request head, an allow decision for a check request.
-pub fn eval(plugin: &Plugin, request: &str) -> Result<serde_json::Value, EvalError> {
+/// What an evaluation answered.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// The answer as JSON: an AdmissionReview response for a review, a route
+    /// decision for a request head, an allow decision for a check request.
+    pub answer: serde_json::Value,
+    /// Why the plugin gave no verdict, when its failure policy answered a
+    /// review.
+    pub failure: Option<String>,
+}
+
+/// Evaluates `request` (JSON text) with `plugin`.
+pub fn eval(plugin: &Plugin, request: &str) -> Result<Evaluation, EvalError> {
     let value: serde_json::Value =
         serde_json::from_str(request).map_err(|e| EvalError::Request(format!("not JSON: {e}")))?;
-    if value.get("kind").and_then(|k| k.as_str()) == Some(admission::KIND) {
-        let req = admission::parse_review(request.as_bytes())?;
-        let verdict = plugin.validate(&admission::to_contract(&req)?)?;
-        let json = admission::review_json(admission::response(&req, plugin, verdict)?)?;
-        return Ok(serde_json::from_slice(&json)?);
+    if value.get("kind").and_then(|k| k.as_str()) == Some(review::KIND) {
+        let review = review::parse_review(request.as_bytes())?;
+        let request = review::to_contract(&review)?;
+        // One call, as the server's budget would give it.
+        let deadline = Instant::now() + plugin.call_deadline();
+        let calls = CallBudget::new(1);
+        let decision = sandbox::block_on(decision::decide(plugin, &review, &request, &calls, deadline));
+        let failure = decision.failure.as_ref().map(ToString::to_string);
+        let answer = serde_json::from_slice(&review::review_json(decision.response)?)?;
+        return Ok(Evaluation { answer, failure });
     }
     match plugin.kind() {
         Kind::Route => {
@@ -79,12 +100,12 @@ pub fn eval(plugin: &Plugin, request: &str) -> Result<serde_json::Value, EvalErr
         }
         Kind::Admission => Err(EvalError::Request(format!(
             "an admission plugin takes an AdmissionReview (kind {}, apiVersion {})",
-            admission::KIND,
-            admission::API_VERSION
+            review::KIND,
+            review::API_VERSION
         ))),
     }
 }
 
-fn to_json<T: serde::Serialize>(answer: &T) -> Result<serde_json::Value, EvalError> {
-    Ok(serde_json::to_value(answer)?)
+fn to_json<T: serde::Serialize>(answer: &T) -> Result<Evaluation, EvalError> {
+    Ok(Evaluation { answer: serde_json::to_value(answer)?, failure: None })
 }

@@ -6,9 +6,10 @@
 //! limits. The [`loader`] checks and compiles plugin files, runs their
 //! `configure` once into a [`snapshot`], keeps compiled code in the
 //! [`cache`], and fills a [`registry`]. Requests run on a plugin's warm
-//! [`instances`], each a [`sandbox`]. [`serve`] runs the HTTPS admission listener
-//! ([`admission`] speaks the API server's AdmissionReview, [`tls`] the
-//! certificates) and the metrics listener, over the shared [`state`];
+//! [`instances`], each a [`sandbox`]. An admission request is decided in
+//! [`admission`] (the AdmissionReview format and the decision, no HTTP);
+//! [`serve`] runs the HTTPS admission listener ([`tls`] the certificates)
+//! and the metrics listener, over the shared [`state`];
 //! [`watch`] and [`reload`] swap plugins live when their files change.
 //! [`webhooks`] and [`docs`] are generated from plugin metadata, and
 //! [`sync`] keeps the cluster's webhook configurations in step.

@@ -555,12 +555,20 @@ fn eval_command(args: EvalArgs) -> Result<ExitCode> {
     };
     let request = std::fs::read_to_string(&args.request)
         .with_context(|| format!("read request file {}", args.request.display()))?;
-    let answer = match eval::eval(&plugin, &request) {
-        Ok(answer) => answer,
+    let evaluation = match eval::eval(&plugin, &request) {
+        Ok(evaluation) => evaluation,
         Err(error) => bail!("{error}"),
     };
-    println!("{}", serde_json::to_string_pretty(&answer)?);
-    Ok(ExitCode::SUCCESS)
+    println!("{}", serde_json::to_string_pretty(&evaluation.answer)?);
+    // The answer is the server's, but a plugin that gave none should fail
+    // the script or CI job that asked.
+    Ok(match evaluation.failure {
+        Some(failure) => {
+            eprintln!("the plugin gave no verdict ({failure}); the answer above is its failure policy's");
+            ExitCode::from(3)
+        }
+        None => ExitCode::SUCCESS,
+    })
 }
 
 /// Loads a plugin directory (or the bundled plugins) for a generator, or

@@ -178,11 +178,35 @@ impl HostState {
 /// engine's instance pool, which is sized for both budgets together.
 #[derive(Debug, Clone)]
 pub struct CallBudgets {
-    admission: Arc<Semaphore>,
-    gateway: Arc<Semaphore>,
+    /// Admission's calls; a review waits for one until its deadline.
+    pub admission: CallBudget,
+    /// The gateway's calls.
+    pub gateway: CallBudget,
     /// How long a gateway call waits for a permit before the request is
     /// answered 503 with `Retry-After`.
     pub gateway_wait: Duration,
+}
+
+/// Plugin calls that may run at once. Clones share the budget.
+#[derive(Debug, Clone)]
+pub struct CallBudget(Arc<Semaphore>);
+
+impl CallBudget {
+    /// `calls` at once.
+    pub fn new(calls: usize) -> Self {
+        Self(Arc::new(Semaphore::new(calls)))
+    }
+
+    /// A call, waiting at most `wait` for one to come free; `None` when none
+    /// did. A free one is taken at once: only waiting needs a timer
+    /// (registering one on every request cost 0.1-0.7 µs in the server).
+    pub async fn permit(&self, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        match self.0.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            // The budgets are never closed; a closed one would be overload too.
+            Err(_) => tokio::time::timeout(wait, self.0.clone().acquire_owned()).await.ok().and_then(Result::ok),
+        }
+    }
 }
 
 /// Whose budget a call is from.
@@ -213,33 +237,28 @@ impl CallBudgets {
     /// `admission` and `gateway` calls at once; gateway calls wait at most
     /// `gateway_wait` for a permit.
     pub fn new(admission: usize, gateway: usize, gateway_wait: Duration) -> Self {
-        Self {
-            admission: Arc::new(Semaphore::new(admission)),
-            gateway: Arc::new(Semaphore::new(gateway)),
-            gateway_wait,
-        }
+        Self { admission: CallBudget::new(admission), gateway: CallBudget::new(gateway), gateway_wait }
     }
 }
 
 impl HostState {
-    /// A call of `budget`, waiting at most `wait` for one to come free.
-    /// A free one is taken at once: only waiting needs a timer (registering
-    /// one on every request cost 0.1-0.7 µs in the server). Overload is
-    /// counted in `tollgate_overloaded_total{listener}`.
+    /// A call of `budget`, waiting at most `wait` for one to come free (see
+    /// [`CallBudget::permit`]), overload counted in
+    /// `tollgate_overloaded_total{listener}`.
     pub async fn call_permit(&self, budget: Budget, wait: Duration) -> Result<OwnedSemaphorePermit, Overloaded> {
-        let semaphore = match budget {
+        let calls = match budget {
             Budget::Admission => &self.calls.admission,
             Budget::Gateway => &self.calls.gateway,
         };
-        let permit = match semaphore.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            // The budgets are never closed; a closed one would be overload too.
-            Err(_) => tokio::time::timeout(wait, semaphore.clone().acquire_owned()).await.ok().and_then(Result::ok),
-        };
-        permit.ok_or_else(|| {
-            self.metrics.overloaded.get_or_create(&ListenerLabels { listener: budget.listener() }).inc();
+        calls.permit(wait).await.ok_or_else(|| {
+            self.overloaded(budget);
             Overloaded(budget)
         })
+    }
+
+    /// Counts a request of `budget` that found no call free in time.
+    pub fn overloaded(&self, budget: Budget) {
+        self.metrics.overloaded.get_or_create(&ListenerLabels { listener: budget.listener() }).inc();
     }
 }
 

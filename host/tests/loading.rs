@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tollgate::admission;
+use tollgate::admission::review;
 use tollgate::contract::Kind;
 use tollgate::contract::types::{
     FailurePolicy, Identity, Operation, RequestHead, RouteDecision, Scope, SubjectKind, Verdict,
@@ -91,8 +91,8 @@ fn namespace_review(operation: &str, name: &str, user: &str, groups: &[&str]) ->
 }
 
 fn decide(plugin: &Plugin, review: &str) -> Result<Verdict, PluginError> {
-    let request = admission::parse_review(review.as_bytes()).expect("valid review");
-    plugin.validate(&admission::to_contract(&request).expect("convertible"))
+    let request = review::parse_review(review.as_bytes()).expect("valid review");
+    plugin.validate(&review::to_contract(&request).expect("convertible"))
 }
 
 /// namespace-validation's shipped settings, with `changes` applied.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use kube_core::admission::AdmissionResponse;
-use tollgate::admission;
+use tollgate::admission::review;
 use tollgate::serve::listener::{Listener, serve, text};
 use tollgate::tls::{CertSource, TlsOptions};
 
@@ -49,11 +49,11 @@ async fn main() {
             let policy = policy.clone();
             async move {
                 let Ok(body) = req.into_body().collect().await else { return text(400, "bad body") };
-                let review = match admission::parse_review(&body.to_bytes()) {
+                let review = match review::parse_review(&body.to_bytes()) {
                     Ok(r) => r,
                     Err(e) => return text(400, e.to_string()),
                 };
-                let request = match admission::to_contract(&review) {
+                let request = match review::to_contract(&review) {
                     Ok(r) => r,
                     Err(e) => return text(400, e.to_string()),
                 };
@@ -65,7 +65,7 @@ async fn main() {
                     response.result.code = code;
                     response.result.message = message;
                 }
-                let json = admission::review_json(response).expect("encode");
+                let json = review::review_json(response).expect("encode");
                 hyper::Response::builder()
                     .header("content-type", "application/json")
                     .body(Full::new(Bytes::from(json)))

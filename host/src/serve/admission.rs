@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
@@ -12,13 +12,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::admission::{self, Request as ReviewRequest};
+use crate::admission::decision::{self, Decision, Failure};
+use crate::admission::review::{self, Request as ReviewRequest};
 use crate::contract::types;
-use crate::error::PluginError;
 use crate::metrics::{DecisionLabels, FailureLabels, PluginLabels, RejectLabels};
 use crate::plugin::Plugin;
 use crate::serve::listener::text;
-use crate::state::{Budget, HostState, Overloaded};
+use crate::state::{Budget, HostState};
 use crate::throttle::Throttle;
 
 const MIB: usize = 1 << 20;
@@ -124,11 +124,11 @@ pub async fn handle(
             return reject(&state, 400, "bad_body", &format!("could not read the body: {error}"));
         }
     };
-    let review = match admission::parse_review(&body) {
+    let review = match review::parse_review(&body) {
         Ok(review) => review,
         Err(error) => return reject(&state, 400, "bad_review", &error.to_string()),
     };
-    let request = match admission::to_contract(&review) {
+    let request = match review::to_contract(&review) {
         Ok(request) => request,
         Err(error) => return reject(&state, 400, "bad_review", &error.to_string()),
     };
@@ -258,8 +258,8 @@ fn too_large(
     reject(state, 413, "too_large", &limits.too_large())
 }
 
-/// Runs the plugin, bounded by admission's call budget, and turns its verdict,
-/// or its failure under the failure policy, into the response.
+/// Decides the review ([`decision::decide`]), records the metrics and
+/// encodes the answer.
 async fn decide(
     state: &HostState,
     plugin: Arc<Plugin>,
@@ -267,10 +267,6 @@ async fn decide(
     request: types::AdmissionRequest,
     started: Instant,
 ) -> Response<Full<Bytes>> {
-    // The deadline counts from the request's arrival, so time spent reading
-    // the body is not given twice and the answer beats the API server's
-    // timeout.
-    let deadline = plugin.call_deadline();
     // Let the other requests that arrived with this one be read and parsed
     // first, so the plugin calls of a burst run one after another while the
     // guest's code and memory are still in the CPU's caches, and their
@@ -279,46 +275,13 @@ async fn decide(
     // after the burst is read"); with one request at a time it costs a
     // reschedule.
     tokio::task::yield_now().await;
-    let permit = state.call_permit(Budget::Admission, deadline.saturating_sub(started.elapsed())).await;
-    let outcome = match permit {
-        Ok(_permit) => {
-            // The guest runs here, as a future that yields at every epoch
-            // tick: no thread hand-off, and a long guest never holds the
-            // worker thread.
-            let remaining = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-            match plugin.validate_async(&request, remaining).await {
-                Ok(verdict) => admission::response(review, &plugin, verdict).map_err(Failure::Plugin),
-                Err(error) => Err(Failure::Plugin(error)),
-            }
-        }
-        Err(Overloaded(_)) => Err(Failure::Overloaded),
-    };
-
-    let name = plugin.name().to_string();
-    let response = match outcome {
-        Ok(response) => {
-            let decision = if response.allowed { "allowed" } else { "denied" };
-            state.metrics.admission_requests.get_or_create(&DecisionLabels { plugin: name.clone(), decision }).inc();
-            response
-        }
-        Err(failure) => {
-            let (cause, text) = failure.describe();
-            tracing::warn!(plugin = %name, cause, error = %text, "plugin failed; answering by its failure policy");
-            state.metrics.plugin_failures.get_or_create(&FailureLabels { plugin: name.clone(), cause }).inc();
-            state
-                .metrics
-                .admission_requests
-                .get_or_create(&DecisionLabels { plugin: name.clone(), decision: "error" })
-                .inc();
-            admission::failure_response(review, &plugin, &text)
-        }
-    };
-    state
-        .metrics
-        .admission_seconds
-        .get_or_create(&PluginLabels { plugin: name })
-        .observe(started.elapsed().as_secs_f64());
-    match admission::review_json(response) {
+    // The deadline counts from the request's arrival, so time spent reading
+    // the body is not given twice and the answer beats the API server's
+    // timeout.
+    let deadline = started + plugin.call_deadline();
+    let decision = decision::decide(&plugin, review, &request, &state.calls.admission, deadline).await;
+    record(state, plugin.name(), &decision, started);
+    match review::review_json(decision.response) {
         Ok(json) => Response::builder()
             .status(200)
             .header(CONTENT_TYPE, "application/json")
@@ -326,6 +289,22 @@ async fn decide(
             .unwrap_or_else(|_| text(500, "could not build the response")),
         Err(error) => text(500, format!("could not encode the response: {error}")),
     }
+}
+
+/// Counts a decision: its label, the failure's cause, the time taken.
+fn record(state: &HostState, plugin: &str, decision: &Decision, started: Instant) {
+    let metrics = &state.metrics;
+    if let Some(failure) = &decision.failure {
+        if matches!(failure, Failure::Overloaded) {
+            state.overloaded(Budget::Admission);
+        }
+        let labels = FailureLabels { plugin: plugin.to_string(), cause: failure.cause() };
+        metrics.plugin_failures.get_or_create(&labels).inc();
+    }
+    let labels = DecisionLabels { plugin: plugin.to_string(), decision: decision.label() };
+    metrics.admission_requests.get_or_create(&labels).inc();
+    let labels = PluginLabels { plugin: plugin.to_string() };
+    metrics.admission_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
 }
 
 /// The plugin for the request's path, or the refusal of a request that no
@@ -352,21 +331,6 @@ fn admissible(
         return Err(Box::new(too_large(state, limits, &plugin, peer, len)));
     }
     Ok(plugin)
-}
-
-/// Why a plugin produced no verdict.
-enum Failure {
-    Plugin(PluginError),
-    Overloaded,
-}
-
-impl Failure {
-    fn describe(self) -> (&'static str, String) {
-        match self {
-            Failure::Plugin(error) => (error.cause(), error.to_string()),
-            Failure::Overloaded => ("overloaded", "no plugin instance became free before the deadline".into()),
-        }
-    }
 }
 
 fn reject(state: &HostState, status: u16, reason: &'static str, message: &str) -> Response<Full<Bytes>> {
