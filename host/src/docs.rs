@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::contract::types::{LabelSelector, SelectorOperator, Webhook};
 use crate::metadata::PluginMetadata;
+use crate::metadata::{failure_policy_name, match_policy_name, side_effects_name};
 use crate::registry::Registry;
-use crate::summary::{failure_policy_name, match_policy_name, rule_fields, side_effects_name, subject_name};
+use crate::summary::{rule_fields, subject_name};
 
 /// Output format of `tollgate docs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -8,15 +8,15 @@
 //! [`cache`], and fills a [`registry`]. Requests run on a plugin's warm
 //! [`instances`], each a [`sandbox`]. An admission request is decided in
 //! [`admission`] (the AdmissionReview format and the decision, no HTTP);
-//! [`serve`] runs the HTTPS admission listener ([`tls`] the certificates)
-//! and the metrics listener, over the shared [`state`];
-//! [`watch`] and [`reload`] swap plugins live when their files change.
+//! [`serve`] runs the HTTPS admission listener ([`tls`] the certificates),
+//! the gateway and the metrics listener on the accept loop of [`listener`],
+//! over the shared [`state`]; [`watch`] and [`reload`] swap plugins live
+//! when their files change.
 //! [`webhooks`] and [`docs`] are generated from plugin metadata, and
 //! [`sync`] keeps the cluster's webhook configurations in step.
 
 pub mod admission;
 pub mod bundled;
-pub mod ca;
 pub mod cache;
 pub mod compile_cache;
 pub mod contract;
@@ -28,6 +28,7 @@ pub mod gateway;
 mod guest_output;
 pub mod instances;
 pub mod jwt;
+pub mod listener;
 pub mod loader;
 pub mod metadata;
 pub mod metrics;

@@ -186,7 +186,7 @@ struct LimitArgs {
     max_gateway_connections: Option<u32>,
     /// Time from connecting to the end of the TLS handshake, and from there
     /// to the first request's headers, in seconds.
-    #[arg(long, default_value_t = tollgate::serve::listener::HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
+    #[arg(long, default_value_t = tollgate::listener::HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     header_timeout_secs: u64,
     /// Seconds an admission connection stays open with no request (longer
     /// than the API server's own 90 s, so it closes first).
@@ -437,7 +437,7 @@ fn serve(mut args: ServeArgs) -> Result<ExitCode> {
     // exist yet on a first start, so it is not read.
     if let CertSource::Generated { state_dir, ca_out, .. } = &cert
         && let Some(bundle) = &args.webhooks.ca_bundle
-        && (Some(bundle) == ca_out.as_ref() || *bundle == tollgate::ca::ca_file(state_dir))
+        && (Some(bundle) == ca_out.as_ref() || *bundle == tollgate::tls::ca::ca_file(state_dir))
     {
         args.webhooks.ca_bundle = None;
     }

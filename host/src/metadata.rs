@@ -1,9 +1,14 @@
-//! What a plugin declares about itself, as one type over the three kinds.
+//! What a plugin declares about itself, as one type over the three kinds,
+//! and the API server's spelling of the contract's webhook enums (shared by
+//! the generated configurations, docs and summaries).
 
 use serde::{Deserialize, Serialize};
 
 use crate::contract::Kind;
-use crate::contract::types::{AdmissionMetadata, AllowlistMetadata, PluginInfo, RouteMetadata, Webhook};
+use crate::contract::types::{
+    AdmissionMetadata, AllowlistMetadata, FailurePolicy, MatchPolicy, Operation, PluginInfo, RouteMetadata, Scope,
+    SideEffects, Webhook,
+};
 
 /// A plugin's metadata, whatever its kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,4 +60,48 @@ impl PluginMetadata {
 /// The path an admission plugin gets when it declares none.
 pub fn default_admission_path(name: &str) -> String {
     format!("/validate/{name}")
+}
+
+/// The API server's spelling of an operation.
+pub fn operation_name(op: Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+        Operation::All => "*",
+    }
+}
+
+/// The API server's spelling of a scope.
+pub fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Cluster => "Cluster",
+        Scope::Namespaced => "Namespaced",
+        Scope::All => "*",
+    }
+}
+
+/// The API server's spelling of a failure policy.
+pub fn failure_policy_name(policy: FailurePolicy) -> &'static str {
+    match policy {
+        FailurePolicy::Fail => "Fail",
+        FailurePolicy::Ignore => "Ignore",
+    }
+}
+
+/// The API server's spelling of a match policy.
+pub fn match_policy_name(policy: MatchPolicy) -> &'static str {
+    match policy {
+        MatchPolicy::Exact => "Exact",
+        MatchPolicy::Equivalent => "Equivalent",
+    }
+}
+
+/// The API server's spelling of side effects.
+pub fn side_effects_name(side_effects: SideEffects) -> &'static str {
+    match side_effects {
+        SideEffects::None => "None",
+        SideEffects::NoneOnDryRun => "NoneOnDryRun",
+    }
 }

@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::contract::types::{FailurePolicy, MatchPolicy, Operation, Rule, Scope, SideEffects, SubjectKind, Webhook};
+use crate::contract::types::{Rule, SubjectKind, Webhook};
 use crate::metadata::PluginMetadata;
+use crate::metadata::{failure_policy_name, operation_name, scope_name};
 use crate::plugin::Plugin;
 use crate::registry::LoadReport;
 use crate::reload::DirCondition;
@@ -227,50 +228,6 @@ pub fn rule_fields(rule: &Rule, separator: &str, core: &str) -> [String; 5] {
         rule.resources.join(separator),
         scope_name(rule.scope).to_string(),
     ]
-}
-
-/// The API server's spelling of an operation.
-pub fn operation_name(op: Operation) -> &'static str {
-    match op {
-        Operation::Create => "CREATE",
-        Operation::Update => "UPDATE",
-        Operation::Delete => "DELETE",
-        Operation::Connect => "CONNECT",
-        Operation::All => "*",
-    }
-}
-
-/// The API server's spelling of a scope.
-pub fn scope_name(scope: Scope) -> &'static str {
-    match scope {
-        Scope::Cluster => "Cluster",
-        Scope::Namespaced => "Namespaced",
-        Scope::All => "*",
-    }
-}
-
-/// The API server's spelling of a failure policy.
-pub fn failure_policy_name(policy: FailurePolicy) -> &'static str {
-    match policy {
-        FailurePolicy::Fail => "Fail",
-        FailurePolicy::Ignore => "Ignore",
-    }
-}
-
-/// The API server's spelling of a match policy.
-pub fn match_policy_name(policy: MatchPolicy) -> &'static str {
-    match policy {
-        MatchPolicy::Exact => "Exact",
-        MatchPolicy::Equivalent => "Equivalent",
-    }
-}
-
-/// The API server's spelling of side effects.
-pub fn side_effects_name(side_effects: SideEffects) -> &'static str {
-    match side_effects {
-        SideEffects::None => "None",
-        SideEffects::NoneOnDryRun => "NoneOnDryRun",
-    }
 }
 
 /// What an allowlist checks, in words.

@@ -3,7 +3,7 @@
 //! `MutatingWebhookConfiguration` entry for plugins that declare themselves
 //! mutating), built with k8s-openapi's types so nobody writes webhook YAML by
 //! hand. `tollgate webhooks` prints them; `tollgate serve --sync-webhooks`
-//! applies them to the cluster ([`crate::sync`]).
+//! applies them to the cluster (the `sync` module).
 //!
 //! The metadata was already checked the way the API server checks it when
 //! the plugin loaded ([`crate::validation`]); what is checked here are the
@@ -20,8 +20,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 
 use crate::contract::types::{self, SelectorOperator, Webhook};
+use crate::metadata::{failure_policy_name, match_policy_name, operation_name, scope_name, side_effects_name};
 use crate::registry::Registry;
-use crate::summary::{failure_policy_name, match_policy_name, operation_name, scope_name, side_effects_name};
 use crate::validation::{is_dns1123_label, is_dns1123_subdomain};
 
 /// Default domain of webhook names: `<plugin>.tollgate.io` has the three

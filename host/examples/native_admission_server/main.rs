@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use kube_core::admission::AdmissionResponse;
 use tollgate::admission::review;
-use tollgate::serve::listener::{Listener, serve, text};
+use tollgate::listener::{Listener, serve, text};
 use tollgate::tls::{CertSource, TlsOptions};
 
 mod native_pod;

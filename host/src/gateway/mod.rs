@@ -36,10 +36,10 @@ use hyper::body::Incoming;
 use crate::contract::types::{
     AllowDecision, Forward, Header, Identity, RequestHead, Respond, RouteDecision, SubjectKind, TlsInfo,
 };
+use crate::listener::Connection;
 use crate::metadata::PluginMetadata;
 use crate::metrics::{GatewayDecisionLabels, RouteLabels, RouteStatusLabels, UpstreamLabels};
 use crate::plugin::{AllowCheck, Plugin};
-use crate::serve::listener::Connection;
 use crate::state::{Budget, HostState, Overloaded};
 use crate::throttle::Throttle;
 use client_body::{ClientBody, Stalled, stalled};

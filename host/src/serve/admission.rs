@@ -15,9 +15,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::admission::decision::{self, Decision, Failure};
 use crate::admission::review::{self, Request as ReviewRequest};
 use crate::contract::types;
+use crate::listener::text;
 use crate::metrics::{DecisionLabels, FailureLabels, PluginLabels, RejectLabels};
 use crate::plugin::Plugin;
-use crate::serve::listener::text;
 use crate::state::{Budget, HostState};
 use crate::throttle::Throttle;
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::serve::listener::ConnectionLimits;
+use crate::listener::ConnectionLimits;
 
 /// Keep-alive idle timeout of the admission listener: longer than the API
 /// server's own (Go's `IdleConnTimeout`, 90 s), so the API server closes an

@@ -3,7 +3,6 @@
 
 pub mod admission;
 pub mod limits;
-pub mod listener;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,11 +16,11 @@ use crate::engine::{EngineOptions, Runtime};
 use crate::error::{DirError, EngineError};
 use crate::gateway::Gateway;
 use crate::gateway::proxy::{UpstreamOptions, Upstreams};
+use crate::listener::{self, EventLoops, Listener};
 use crate::loader::{FileLimits, Loader};
 use crate::registry::{LoadReport, Registry};
 use crate::reload::DirCondition;
 use crate::serve::limits::Limits;
-use crate::serve::listener::{EventLoops, Listener};
 use crate::state::{CallBudgets, HostState};
 use crate::sync::{ClusterConfig, SyncError, WebhookSync};
 use crate::tls::{self, TlsError, TlsOptions};

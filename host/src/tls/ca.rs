@@ -36,7 +36,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::tls::{TlsError, certified_key, signed_by};
+use super::certs::{TlsError, certified_key, signed_by};
 
 /// How long the generated CA is valid.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);

@@ -5,7 +5,7 @@
 //! Kubernetes `..data` symlink), checked at every handshake, so a rotated
 //! certificate is served from the next connection on. With no files, a
 //! certificate is issued by Tollgate's own CA, kept in its state directory
-//! ([`crate::ca`]). With a client CA, only clients presenting a certificate
+//! ([`ca`]). With a client CA, only clients presenting a certificate
 //! it signed may connect. [`ServingTls::registered_ca`] decides which CA the
 //! webhooks registered for this listener must carry.
 
@@ -21,29 +21,13 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::webhooks::CaSource;
+pub mod ca;
+mod certs;
 
-/// What went wrong setting up TLS. Each names the file involved.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A PEM file could not be read or holds nothing usable.
-    #[error("{}: {reason}", file.display())]
-    File {
-        /// The file.
-        file: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The key does not fit the certificate, or rustls refused the setup.
-    #[error("TLS configuration: {0}")]
-    Config(String),
-    /// Generating a CA or serving certificate failed.
-    #[error("generating a certificate: {0}")]
-    Generate(String),
-    /// The webhooks would carry a CA that does not vouch for the listener.
-    #[error("{0}")]
-    CaMismatch(String),
-}
+pub use certs::TlsError;
+use certs::signed_by;
+
+use crate::webhooks::CaSource;
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone)]
@@ -104,7 +88,7 @@ pub fn server_config(options: &TlsOptions) -> Result<ServingTls, TlsError> {
             (Arc::new(reloading), None, chain)
         }
         CertSource::Generated { names, state_dir, ca_out } => {
-            let ca = crate::ca::GeneratedCa::open(state_dir, names, provider.clone())?;
+            let ca = ca::GeneratedCa::open(state_dir, names, provider.clone())?;
             if let Some(out) = ca_out {
                 write_ca(out, ca.ca_pem())?;
             }
@@ -192,24 +176,6 @@ impl ServingTls {
     }
 }
 
-/// Checks that `leaf` chains to one of `roots` (names are not checked: the
-/// question is only who signed it).
-pub fn signed_by(
-    leaf: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    roots: &RootCertStore,
-    provider: &CryptoProvider,
-) -> Result<(), rustls::Error> {
-    let parsed = rustls::server::ParsedCertificate::try_from(leaf)?;
-    rustls::client::verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        roots,
-        intermediates,
-        rustls_pki_types::UnixTime::now(),
-        provider.signature_verification_algorithms.all,
-    )
-}
-
 /// The client configuration for TLS to gateway upstreams: the system's
 /// roots, plus the certificates in `extra_ca` (for upstreams with a
 /// private CA).
@@ -255,19 +221,6 @@ fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         return Err(fail("holds no CERTIFICATE block".into()));
     }
     Ok(certs)
-}
-
-/// A certificate chain and key (PEM) as rustls serves them.
-pub(crate) fn certified_key(
-    cert_pem: &str,
-    key_pem: &str,
-    provider: &CryptoProvider,
-) -> Result<CertifiedKey, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Config(e.to_string()))?;
-    CertifiedKey::from_der(certs, key, provider).map_err(|e| TlsError::Config(e.to_string()))
 }
 
 fn load_files(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
@@ -361,7 +314,7 @@ mod tests {
     #[test]
     fn a_generated_certificate_loads_and_broken_files_say_which() {
         let generated = SelfSigned::generate(&["localhost", "127.0.0.1"]);
-        certified_key(&generated.cert_pem, &generated.key_pem, &provider()).unwrap();
+        certs::certified_key(&generated.cert_pem, &generated.key_pem, &provider()).unwrap();
 
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("tls.crt");
