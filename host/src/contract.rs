@@ -18,13 +18,6 @@ mod bindings {
 pub use bindings::exports::tollgate::plugin::{admission, allowlist, route};
 pub use bindings::tollgate::plugin::{services, types};
 
-/// Links the host services every plugin may import.
-pub fn add_services_to_linker(
-    linker: &mut wasmtime::component::Linker<crate::sandbox::Sandbox>,
-) -> wasmtime::Result<()> {
-    services::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |sandbox| sandbox)
-}
-
 /// The WIT package every plugin interface belongs to.
 pub const PACKAGE: &str = "tollgate:plugin";
 

@@ -3,25 +3,18 @@
 //! interruption ticked by a plain thread so a call can be given a deadline.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::Linker;
-
-use crate::compile_cache::FunctionCache;
-use crate::jwt::Verifier;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::compile_cache::FunctionCache;
+use crate::epoch::EpochTicker;
 use crate::error::EngineError;
-use crate::sandbox::Sandbox;
+use crate::instances::{IdleSlots, Pool};
+use crate::jwt::Verifier;
+use crate::sandbox::{self, Sandbox, StoreFactory};
 use crate::snapshot::Snapshotter;
-
-/// How often the epoch advances; deadlines are accurate to about one tick,
-/// and a long call yields to other tasks once a tick. Each tick wakes a
-/// thread: at 2 ms that cost an idle-ish server a few µs per request (more
-/// context switches and migrations), and deadlines are hundreds of ms.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Bytes of each memory and table kept resident between uses of a pool slot:
 /// covers a Rust guest's stack, data and a typical request's heap.
@@ -36,7 +29,7 @@ pub struct EngineOptions {
     /// instances: as many again may wait idle for reuse.
     pub max_instances: u32,
     /// Calls one instance serves before it is dropped for a fresh one
-    /// (1: a fresh instance for every call). See [`crate::instances`].
+    /// (1: a fresh instance for every call); see the `instances` module.
     pub calls_per_instance: u32,
     /// Deadline for `metadata` and `configure` at load time.
     pub load_deadline: Duration,
@@ -70,8 +63,8 @@ pub struct Runtime {
     linker: Linker<Sandbox>,
     options: EngineOptions,
     snapshotter: Option<Snapshotter>,
-    verifier: Arc<Verifier>,
-    idle_slots: IdleSlots,
+    /// How instances are made and kept, shared by every plugin's instances.
+    pool: Arc<Pool>,
     _ticker: EpochTicker,
 }
 
@@ -116,7 +109,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
-        crate::contract::add_services_to_linker(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+        sandbox::add_services_to_linker(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
         let _ticker = EpochTicker::start(engine.clone());
         let snapshotter = match Snapshotter::new(options.max_memory_bytes) {
@@ -126,8 +119,13 @@ impl Runtime {
                 None
             }
         };
-        let idle_slots = IdleSlots::new(options.max_instances as usize);
-        Ok(Self { engine, linker, options, snapshotter, verifier: Arc::default(), idle_slots, _ticker })
+        let stores = StoreFactory::new(engine.clone(), options.max_memory_bytes, Arc::<Verifier>::default());
+        let pool = Arc::new(Pool {
+            stores,
+            calls_per_instance: options.calls_per_instance,
+            idle_slots: IdleSlots::new(options.max_instances as usize),
+        });
+        Ok(Self { engine, linker, options, snapshotter, pool, _ticker })
     }
 
     /// The engine that takes configured snapshots, if it could be built.
@@ -135,14 +133,14 @@ impl Runtime {
         self.snapshotter.as_ref()
     }
 
-    /// The JWT verifier and its caches, shared by every plugin call.
-    pub fn verifier(&self) -> &Arc<Verifier> {
-        &self.verifier
+    /// How instances are made and kept, for a plugin's [`crate::instances::Instances`].
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
-    /// The pool slots idle instances may hold, shared by all plugins.
-    pub(crate) fn idle_slots(&self) -> &IdleSlots {
-        &self.idle_slots
+    /// How stores are made, for a one-off call ([`sandbox::call`]).
+    pub(crate) fn stores(&self) -> &StoreFactory {
+        &self.pool.stores
     }
 
     /// The engine, for compiling components.
@@ -158,91 +156,5 @@ impl Runtime {
     /// The limits this runtime was built with.
     pub fn options(&self) -> &EngineOptions {
         &self.options
-    }
-
-    /// Converts a deadline into epoch ticks, rounding up, at least one.
-    pub fn deadline_ticks(deadline: Duration) -> u64 {
-        let ticks = deadline.as_micros().div_ceil(EPOCH_TICK.as_micros());
-        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
-    }
-}
-
-/// A count of the pool slots that idle instances may still take. The pool is
-/// sized for every permitted call to run at once with this many idle beside
-/// them, so keeping instances never makes a new one fail.
-pub(crate) struct IdleSlots {
-    free: AtomicUsize,
-}
-
-impl IdleSlots {
-    fn new(slots: usize) -> Self {
-        Self { free: AtomicUsize::new(slots) }
-    }
-
-    /// Takes `n` slots if that many are free.
-    pub(crate) fn acquire(&self, n: usize) -> bool {
-        self.free.fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| free.checked_sub(n)).is_ok()
-    }
-
-    /// Gives `n` slots back.
-    pub(crate) fn release(&self, n: usize) {
-        self.free.fetch_add(n, Ordering::AcqRel);
-    }
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped. A plain
-/// thread, not a task, so a busy async runtime cannot delay a deadline.
-pub(crate) struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    pub(crate) fn start(engine: Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("tollgate-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .ok();
-        Self { stop, thread }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{IdleSlots, Runtime};
-    use std::time::Duration;
-
-    #[test]
-    fn idle_slots_are_never_overdrawn() {
-        let slots = IdleSlots::new(2);
-        assert!(slots.acquire(1));
-        assert!(slots.acquire(1));
-        assert!(!slots.acquire(1), "a third slot would let idle instances starve running calls");
-        slots.release(2);
-        assert!(slots.acquire(2));
-        assert!(!slots.acquire(1));
-    }
-
-    #[test]
-    fn deadlines_round_up_to_whole_ticks() {
-        assert_eq!(Runtime::deadline_ticks(Duration::ZERO), 1);
-        assert_eq!(Runtime::deadline_ticks(super::EPOCH_TICK), 1);
-        assert_eq!(Runtime::deadline_ticks(super::EPOCH_TICK + Duration::from_micros(1)), 2);
     }
 }

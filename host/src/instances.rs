@@ -8,13 +8,12 @@
 //! contract tells authors not to rely on state between calls). An instance is
 //! dropped rather than kept when its call failed in any way (a trapped
 //! instance cannot be called again; one stopped at its deadline or memory cap
-//! is in an unknown state), after [`EngineOptions::calls_per_instance`]
-//! calls, or when its memory grew past [`RETIRE_GROWTH`] over its start.
+//! is in an unknown state), after `--calls-per-instance` calls
+//! ([`Pool::calls_per_instance`]), or when its memory grew past [`RETIRE_GROWTH`] over its start.
 //! Plugins without a configured snapshot are configured on every call, so
 //! they always get a fresh instance.
-//!
-//! [`EngineOptions::calls_per_instance`]: crate::engine::EngineOptions::calls_per_instance
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,9 +22,8 @@ use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre};
 
 use crate::contract::{admission, allowlist, route};
-use crate::engine::Runtime;
 use crate::error::CallError;
-use crate::sandbox::{self, Sandbox};
+use crate::sandbox::{self, Sandbox, StoreFactory};
 
 /// Growth of an instance's memory past its size when made after which it is
 /// not reused: its pages stay dirty while idle, and growth that keeps going
@@ -71,11 +69,45 @@ struct Warm {
     start_memory: usize,
 }
 
+/// What every plugin's instances share: how stores are made, how many
+/// calls an instance serves, and the pool slots idle instances may take.
+pub(crate) struct Pool {
+    /// Stores with the runtime's engine, memory cap and JWT verifier.
+    pub stores: StoreFactory,
+    /// Calls one instance serves before it is dropped (1: never reused).
+    pub calls_per_instance: u32,
+    /// Slots of the engine's pool idle instances may hold.
+    pub idle_slots: IdleSlots,
+}
+
+/// A count of the pool slots that idle instances may still take. The pool is
+/// sized for every permitted call to run at once with this many idle beside
+/// them, so keeping instances never makes a new one fail.
+pub(crate) struct IdleSlots {
+    free: AtomicUsize,
+}
+
+impl IdleSlots {
+    pub(crate) fn new(slots: usize) -> Self {
+        Self { free: AtomicUsize::new(slots) }
+    }
+
+    /// Takes `n` slots if that many are free.
+    pub(crate) fn acquire(&self, n: usize) -> bool {
+        self.free.fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| free.checked_sub(n)).is_ok()
+    }
+
+    /// Gives `n` slots back.
+    pub(crate) fn release(&self, n: usize) {
+        self.free.fetch_add(n, Ordering::AcqRel);
+    }
+}
+
 /// One plugin's template and its idle instances.
 pub struct Instances {
     pre: InstancePre<Sandbox>,
     exports: Exports,
-    runtime: Arc<Runtime>,
+    pool: Arc<Pool>,
     /// False: every call gets a fresh instance (plugins configured per call,
     /// or reuse switched off).
     reuse: bool,
@@ -85,9 +117,9 @@ pub struct Instances {
 impl Instances {
     /// Instances of `pre`. `reusable` is false for a plugin whose calls
     /// configure it first, which must start from an unconfigured instance.
-    pub(crate) fn new(runtime: Arc<Runtime>, pre: InstancePre<Sandbox>, exports: Exports, reusable: bool) -> Self {
-        let reuse = reusable && runtime.options().calls_per_instance > 1;
-        Self { pre, exports, runtime, reuse, idle: Mutex::new(Vec::new()) }
+    pub(crate) fn new(pool: Arc<Pool>, pre: InstancePre<Sandbox>, exports: Exports, reusable: bool) -> Self {
+        let reuse = reusable && pool.calls_per_instance > 1;
+        Self { pre, exports, pool, reuse, idle: Mutex::new(Vec::new()) }
     }
 
     /// Idle instances kept now.
@@ -105,13 +137,13 @@ impl Instances {
     ) -> Result<R, CallError> {
         if !self.reuse {
             let exports = &self.exports;
-            return sandbox::call(&self.runtime, plugin, &self.pre, deadline, async |store, instance| {
+            return sandbox::call(&self.pool.stores, plugin, &self.pre, deadline, async |store, instance| {
                 let guest = exports.load(&mut *store, instance)?;
                 f(store, &guest).await
             })
             .await;
         }
-        let max_memory = self.runtime.options().max_memory_bytes;
+        let max_memory = self.pool.stores.max_memory();
         let started = std::time::Instant::now();
         let mut warm = match self.take() {
             Some(warm) => warm,
@@ -132,8 +164,8 @@ impl Instances {
 
     /// A new instance, made under `deadline`.
     async fn make(&self, plugin: &str, deadline: Duration) -> Result<Warm, CallError> {
-        let max_memory = self.runtime.options().max_memory_bytes;
-        let mut store = sandbox::new_store(&self.runtime, plugin);
+        let max_memory = self.pool.stores.max_memory();
+        let mut store = self.pool.stores.store(plugin);
         sandbox::begin_call(&mut store, deadline);
         let made = match sandbox::until_deadline(deadline, self.pre.instantiate_async(&mut store)).await {
             Ok(instance) => {
@@ -151,20 +183,20 @@ impl Instances {
     /// in the CPU's caches).
     fn take(&self) -> Option<Warm> {
         let warm = self.idle.lock().ok()?.pop()?;
-        self.runtime.idle_slots().release(1);
+        self.pool.idle_slots.release(1);
         Some(warm)
     }
 
     /// Keeps `warm` for the next call, unless it has served its share, grew,
     /// or there is no room; else drops it.
     fn keep(&self, warm: Warm) {
-        let worn = warm.calls >= self.runtime.options().calls_per_instance
+        let worn = warm.calls >= self.pool.calls_per_instance
             || warm.store.data().memory_peak() > warm.start_memory.saturating_add(RETIRE_GROWTH);
         if worn {
             return;
         }
         let Ok(mut idle) = self.idle.lock() else { return };
-        if idle.len() < MAX_IDLE_PER_PLUGIN && self.runtime.idle_slots().acquire(1) {
+        if idle.len() < MAX_IDLE_PER_PLUGIN && self.pool.idle_slots.acquire(1) {
             idle.push(warm);
         }
     }
@@ -173,12 +205,28 @@ impl Instances {
 impl Drop for Instances {
     fn drop(&mut self) {
         let idle = self.idle.get_mut().map_or(0, |idle| idle.len());
-        self.runtime.idle_slots().release(idle);
+        self.pool.idle_slots.release(idle);
     }
 }
 
 impl std::fmt::Debug for Instances {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Instances").field("reuse", &self.reuse).field("idle", &self.idle()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdleSlots;
+
+    #[test]
+    fn idle_slots_are_never_overdrawn() {
+        let slots = IdleSlots::new(2);
+        assert!(slots.acquire(1));
+        assert!(slots.acquire(1));
+        assert!(!slots.acquire(1), "a third slot would let idle instances starve running calls");
+        slots.release(2);
+        assert!(slots.acquire(2));
+        assert!(!slots.acquire(1));
     }
 }

@@ -22,6 +22,7 @@ pub mod compile_cache;
 pub mod contract;
 pub mod docs;
 pub mod engine;
+pub mod epoch;
 pub mod error;
 pub mod eval;
 pub mod gateway;

@@ -357,7 +357,7 @@ impl Loader {
                 settings_file: settings.file,
                 loaded_at: std::time::SystemTime::now(),
                 from_cache: true,
-                instances: Instances::new(self.runtime.clone(), pre, exports, hit.configured),
+                instances: Instances::new(self.runtime.pool().clone(), pre, exports, hit.configured),
                 runtime: self.runtime.clone(),
             });
         }
@@ -370,7 +370,7 @@ impl Loader {
         let deadline = self.runtime.options().load_deadline;
 
         let metadata =
-            sandbox::block_on(sandbox::call(&self.runtime, &label, &pre, deadline, async |store, instance| {
+            sandbox::block_on(sandbox::call(self.runtime.stores(), &label, &pre, deadline, async |store, instance| {
                 Ok(match &exports {
                     Exports::Admission(i) => {
                         PluginMetadata::Admission(i.load(&mut *store, instance)?.call_metadata(&mut *store).await?)
@@ -416,8 +416,12 @@ impl Loader {
             }
             None => {
                 let json = settings.json.as_str();
-                let accepted =
-                    sandbox::block_on(sandbox::call(&self.runtime, &name, &pre, deadline, async |store, instance| {
+                let accepted = sandbox::block_on(sandbox::call(
+                    self.runtime.stores(),
+                    &name,
+                    &pre,
+                    deadline,
+                    async |store, instance| {
                         Ok(match &exports {
                             Exports::Admission(i) => {
                                 i.load(&mut *store, instance)?.call_configure(&mut *store, json).await?
@@ -429,8 +433,9 @@ impl Loader {
                                 i.load(&mut *store, instance)?.call_configure(&mut *store, json).await?
                             }
                         })
-                    }))
-                    .map_err(|error| Refusal::Configure(redact_guest_said(error, &settings.json)))?;
+                    },
+                ))
+                .map_err(|error| Refusal::Configure(redact_guest_said(error, &settings.json)))?;
                 accepted.map_err(|message| settings_refused(&message, &settings))?;
                 (pre, exports, false, component)
             }
@@ -449,7 +454,7 @@ impl Loader {
             settings_file: settings.file,
             loaded_at: std::time::SystemTime::now(),
             from_cache: false,
-            instances: Instances::new(self.runtime.clone(), pre, exports, configured),
+            instances: Instances::new(self.runtime.pool().clone(), pre, exports, configured),
             runtime: self.runtime.clone(),
         })
     }

@@ -2,7 +2,7 @@
 //! capabilities, stdout/stderr sent to the log, a memory cap, the host services),
 //! the deadline every call runs under, and how a failed call is explained.
 //! [`call`] runs one call on a fresh instance (loading does this); serving
-//! reuses warm instances, see [`crate::instances`].
+//! reuses warm instances (the `instances` module).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use std::sync::Arc;
 
 use crate::contract::services;
-use crate::engine::Runtime;
 use crate::error::CallError;
 use crate::guest_output::GuestOutput;
 use crate::jwt::Verifier;
@@ -115,11 +114,41 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// A store for one instance of `plugin`: capped memory, logged output, and
-/// the host services.
-pub(crate) fn new_store(runtime: &Runtime, plugin: &str) -> Store<Sandbox> {
-    let sandbox = Sandbox::new(plugin, runtime.options().max_memory_bytes, runtime.verifier().clone());
-    let mut store = Store::new(runtime.engine(), sandbox);
+/// Links the host services every plugin may import.
+pub fn add_services_to_linker(linker: &mut wasmtime::component::Linker<Sandbox>) -> wasmtime::Result<()> {
+    services::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |sandbox| sandbox)
+}
+
+/// How a runtime makes stores: its engine, the memory cap, and the JWT
+/// verifier (and caches) every call shares. Cheap to clone.
+#[derive(Clone)]
+pub struct StoreFactory {
+    engine: wasmtime::Engine,
+    max_memory: usize,
+    verifier: Arc<Verifier>,
+}
+
+impl StoreFactory {
+    /// Stores on `engine`, memory capped at `max_memory` bytes.
+    pub fn new(engine: wasmtime::Engine, max_memory: usize, verifier: Arc<Verifier>) -> Self {
+        Self { engine, max_memory, verifier }
+    }
+
+    /// The memory cap of each instance, in bytes.
+    pub fn max_memory(&self) -> usize {
+        self.max_memory
+    }
+
+    /// A store for one instance of `plugin`.
+    pub(crate) fn store(&self, plugin: &str) -> Store<Sandbox> {
+        new_store(&self.engine, Sandbox::new(plugin, self.max_memory, self.verifier.clone()))
+    }
+}
+
+/// A store for one instance: capped memory, logged output, the host
+/// services, and the deadline check every epoch tick.
+fn new_store(engine: &wasmtime::Engine, sandbox: Sandbox) -> Store<Sandbox> {
+    let mut store = Store::new(engine, sandbox);
     store.limiter(|sandbox| &mut sandbox.limits);
     // Installed once per store: the deadline itself lives in the store's
     // data, so arming a call allocates nothing (a new callback per call
@@ -151,14 +180,14 @@ pub(crate) fn end_call(store: &Store<Sandbox>) {
 /// Runs `f` on a fresh instance of `pre` under `deadline`, then drops the
 /// instance. `plugin` names the plugin in logs and errors.
 pub async fn call<R>(
-    runtime: &Runtime,
+    stores: &StoreFactory,
     plugin: &str,
     pre: &InstancePre<Sandbox>,
     deadline: Duration,
     f: impl AsyncFnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, CallError> {
-    let max_memory = runtime.options().max_memory_bytes;
-    let mut store = new_store(runtime, plugin);
+    let max_memory = stores.max_memory();
+    let mut store = stores.store(plugin);
     let started = Instant::now();
     begin_call(&mut store, deadline);
     let result = match until_deadline(deadline, pre.instantiate_async(&mut store)).await {

@@ -14,7 +14,7 @@ use wasmtime::component::{Component, Instance, Linker};
 use wasmtime::{Config, Engine, OptLevel, Store};
 
 use crate::contract::Kind;
-use crate::engine::EpochTicker;
+use crate::epoch::{EpochTicker, deadline_ticks};
 use crate::error::CallError;
 use crate::sandbox::{self, Sandbox};
 
@@ -55,7 +55,7 @@ impl Snapshotter {
         let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
-        crate::contract::add_services_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
+        sandbox::add_services_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
         let _ticker = EpochTicker::start(engine.clone());
         Ok(Self { engine, linker, max_memory_bytes, _ticker })
     }
@@ -90,7 +90,7 @@ impl Snapshotter {
 
         let mut store = Store::new(&self.engine, Sandbox::new(plugin, self.max_memory_bytes, Default::default()));
         store.limiter(|sandbox| sandbox.limits());
-        store.set_epoch_deadline(crate::engine::Runtime::deadline_ticks(deadline));
+        store.set_epoch_deadline(deadline_ticks(deadline));
         store.epoch_deadline_trap();
         // The epoch deadline stops a guest that computes; `until_deadline`
         // also stops one waiting in a host call (a WASI clock sleep), where
@@ -109,7 +109,7 @@ impl Snapshotter {
         };
         // Reading the state back is Wizer's work, not the plugin's: it gets
         // its own generous deadline.
-        store.set_epoch_deadline(crate::engine::Runtime::deadline_ticks(SNAPSHOT_DEADLINE));
+        store.set_epoch_deadline(deadline_ticks(SNAPSHOT_DEADLINE));
         let mut state = wasmtime_wizer::WasmtimeWizerComponent { store: &mut store, instance };
         sandbox::until_deadline(SNAPSHOT_DEADLINE, wizer.snapshot_component(&context, &mut state))
             .await
