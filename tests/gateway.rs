@@ -776,7 +776,7 @@ async fn raw_request(server: &Server, request: impl AsRef<[u8]>) -> (String, Str
 }
 
 /// The status line and body the server sends on `stream` before closing it.
-async fn read_answer(mut stream: tokio::net::TcpStream) -> (String, String) {
+async fn read_answer(mut stream: impl tokio::io::AsyncRead + Unpin) -> (String, String) {
     use tokio::io::AsyncReadExt;
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
@@ -812,12 +812,21 @@ async fn a_request_whose_host_is_ambiguous_or_invalid_is_refused_before_routing(
     }
     assert!(upstream.seen().is_empty(), "refused requests must not reach the upstream");
 
-    // HTTP/1.0 has no Host requirement; an absolute URI names the host itself.
+    // HTTP/1.0 has no Host requirement; HTTP/1.1 has, even with an absolute
+    // URI (RFC 9112 §3.2), and the two must agree.
     let (status, _) = raw_request(&server, "GET /c HTTP/1.0\r\n\r\n").await;
     assert!(status.starts_with("HTTP/1.0 200"), "{status}");
-    let absolute = "GET http://api.example/d HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let absolute = "GET http://api.example/d HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n";
     let (status, _) = raw_request(&server, absolute).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    for (request, why) in [
+        ("GET http://api.example/x HTTP/1.1\r\nConnection: close\r\n\r\n", "needs a Host header"),
+        ("GET http://api.example/x HTTP/1.1\r\nHost: admin.example\r\nConnection: close\r\n\r\n", "different hosts"),
+        ("GET /x HTTP/1.1\r\nHost: [zz]\r\nConnection: close\r\n\r\n", "not a host name"),
+    ] {
+        let (status, body) = raw_request(&server, request).await;
+        assert!(status.starts_with("HTTP/1.1 400") && body.contains(why), "{request}: {status} {body}");
+    }
     let paths: Vec<String> = upstream.seen().into_iter().map(|seen| seen.path).collect();
     assert_eq!(paths, ["/c", "/d"]);
 }
@@ -928,18 +937,19 @@ async fn catalog_allowlist_guards_admission_and_gateway_creation() {
         }
     }
 
-    // A key given twice is refused: the upstream's parser may read the
-    // copy the allowlist did not.
+    // A key given twice, or the name in two places, is refused: the
+    // upstream's parser may read the copy the allowlist did not.
     let before = upstream.seen().len();
     for body in [
         r#"{"sourceDefinition": {"name": "Coin API"}, "sourceDefinition": {"name": "Postgres"}}"#,
         r#"{"sourceDefinition": {"name": "Postgres", "name": "Coin API"}}"#,
+        r#"{"sourceDefinition": {"name": "Coin API"}, "name": "Postgres"}"#,
     ] {
         let path = "/api/v1/source_definitions/create";
         let response = http().post(gateway_url(&server, path)).body(body).send().await.unwrap();
         assert_eq!(response.status(), 403, "{body}");
         let answer: Value = response.json().await.unwrap();
-        assert_eq!(answer["reason"], "duplicate-key", "{body}");
+        assert!(["duplicate-key", "ambiguous-name"].contains(&answer["reason"].as_str().unwrap()), "{body}");
     }
     assert_eq!(upstream.seen().len(), before);
 
@@ -1178,4 +1188,78 @@ async fn a_response_still_streaming_is_not_an_idle_connection() {
     assert_eq!(received, total);
     let metrics = server.metrics_text().await;
     assert!(!metrics.contains(r#"listener="gateway",reason="idle""#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_response_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start("big").await;
+    let dir = tempfile::tempdir().unwrap();
+    install_pass_route(dir.path(), &upstream.url());
+    let server = Server::start(dir.path(), &["--gateway-idle-secs", "1", "--header-timeout-secs", "1"]);
+    let total = 200usize << 20;
+    upstream.release();
+    let mut stream = tokio::net::TcpStream::connect(server.gateway.unwrap()).await.unwrap();
+    let request = format!("GET /stream?bytes={total} HTTP/1.1\r\nHost: gw\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Read nothing for longer than the idle timeout and the grace after it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut received = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let read_all = async {
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            received += n;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all).await.expect("the connection ends");
+    assert!(received < total, "the whole response arrived: the stalled connection was kept");
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains(r#"tollgate_connections_closed_total{listener="gateway",reason="stalled"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_the_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Accepts connections and never reads from them.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = blackhole.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = blackhole.accept().await {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    install_pass_route(dir.path(), &format!("http://{address}"));
+    let server = Server::start(dir.path(), &["--upstream-timeout-ms", "1000"]);
+    let stream = tokio::net::TcpStream::connect(server.gateway.unwrap()).await.unwrap();
+    let (read_half, mut write_half) = stream.into_split();
+    let total = 64usize << 20;
+    // The client keeps sending as fast as the gateway takes it.
+    let sender = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {total}\r\n\r\n");
+        write_half.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..total / chunk.len() {
+            write_half.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(write_half)
+    });
+    // Whatever the connection does after, the answer's head comes.
+    let mut read_half = read_half;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    let read_head = async {
+        while !head.ends_with(b"\r\n\r\n") && read_half.read(&mut byte).await.is_ok_and(|n| n == 1) {
+            head.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_head).await.expect("answered");
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 504 "), "{head}");
+    sender.abort();
+    held.abort();
 }

@@ -235,6 +235,27 @@ async fn a_request_head_must_be_complete_within_the_header_timeout() {
     assert_eq!((closed("gateway"), closed("admission")), (3, 1), "{metrics}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_review_whose_body_stalls_is_answered_and_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "count", guests::MISBEHAVE, Some(r#"{"validate": "count"}"#));
+    // Default timeouts: idle 120 s, far past the hang guard.
+    let server = Server::start(dir.path(), &[]);
+    for (path, content_type, status) in
+        [("/validate/nope", "application/json", "404"), ("/validate/misbehave", "text/plain", "415")]
+    {
+        let mut stream = tls_handshake(server.admission, &server.ca(), LOOPBACK).await;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: 1000\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(HANG_GUARD, stream.read_to_end(&mut answer)).await.expect("answered and closed").ok();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{path}: {answer}");
+    }
+}
+
 /// The usual client address.
 const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 

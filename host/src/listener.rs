@@ -357,7 +357,10 @@ where
                 let facts = tls_facts(stream.get_ref().1);
                 self.drive(stream, Connection { peer, tls: Some(facts) }, activity).await;
             }
-            Ok(Err(error)) => handshake_failed(name, peer, &error),
+            Ok(Err(error)) => {
+                self.listener.closed("handshake_error");
+                handshake_failed(name, peer, &error);
+            }
             Err(_) => {
                 self.listener.closed("handshake_timeout");
                 if let Some(suppressed) = HANDSHAKE_LOG.admit() {
@@ -385,9 +388,14 @@ where
             let (handler, activity, connection) =
                 (self.handler.clone(), activity.clone(), Arc::new(connection.clone()));
             hyper::service::service_fn(move |req| {
-                let request = activity.begin();
+                let mut request = activity.begin();
                 let answer = handler(req, connection.clone());
-                async move { Ok::<_, Infallible>(answer.await.map(|body| Tracked { body, _request: request })) }
+                async move {
+                    let response = answer.await;
+                    // Answered: from now on it is the client's turn to read.
+                    request.working(false);
+                    Ok::<_, Infallible>(response.map(|body| Tracked { body, request }))
+                }
             })
         };
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
@@ -410,8 +418,9 @@ where
                         return;
                     }
                     // A request that arrived as the connection went idle
-                    // finishes; a head that never completed does not.
-                    Some(ref mut idle) if activity.busy() => idle.by = Instant::now() + limits.idle_timeout,
+                    // finishes (and a response the client reads again
+                    // goes on); a head that never completed does not.
+                    Some(ref mut idle) if activity.expired(&limits).is_none() => idle.by = activity.expires(&limits),
                     Some(_) => return,
                     None => match activity.expired(&limits) {
                         None => {}
@@ -446,11 +455,13 @@ struct Closing {
 }
 
 /// A response body that keeps its request in flight until it has been
-/// sent or dropped: a long download or event stream is not an idle
-/// connection.
+/// sent or dropped, and says whether it is waiting for its source (an
+/// upstream between chunks: the server's side) or for the client to read
+/// what it already gave: a long download or event stream is not an idle
+/// connection, a client that stops reading is.
 struct Tracked<B> {
     body: B,
-    _request: InFlight,
+    request: InFlight,
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
@@ -461,7 +472,10 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        // hyper polls again only once the client has taken the frame.
+        self.request.working(polled.is_pending());
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -473,65 +487,109 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
     }
 }
 
-/// When a connection's requests started and ended, for its timeouts.
+/// When a connection last made progress, and what it is waiting for, for
+/// its timeouts.
 struct Activity {
     opened: Instant,
+    /// Requests begun and not yet answered to the end.
     in_flight: AtomicUsize,
-    /// Milliseconds from `opened` to the latest request's start or end;
-    /// `u64::MAX` until the first request.
+    /// Of those, the ones waiting for the server's side: a handler still
+    /// deciding, or a response body waiting for its source.
+    working: AtomicUsize,
+    /// Milliseconds from `opened` to the latest progress (a request begun,
+    /// answered or ended, a response frame taken); `u64::MAX` until the
+    /// first request.
     last: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self { opened: Instant::now(), in_flight: AtomicUsize::new(0), last: AtomicU64::new(u64::MAX) }
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            working: AtomicUsize::new(0),
+            last: AtomicU64::new(u64::MAX),
+        }
     }
 
-    /// Marks a request in flight until the returned guard drops.
+    /// Marks a request in flight, the server working on it, until the
+    /// returned guard says otherwise or drops.
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.working.fetch_add(1, Ordering::AcqRel);
         self.touch();
-        InFlight(self.clone())
-    }
-
-    /// Whether a request is in flight.
-    fn busy(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
+        InFlight { activity: self.clone(), working: true }
     }
 
     fn touch(&self) {
         self.last.store(self.opened.elapsed().as_millis() as u64, Ordering::Release);
     }
 
-    /// When the connection will have been idle too long, if nothing happens
-    /// until then (re-checked at that moment). `in_flight` is read first:
-    /// a request that ends meanwhile has already stamped `last` (it does so
-    /// before leaving), so it is never taken for an old idle one.
+    /// When the connection will have made no progress for too long, if
+    /// nothing happens until then (re-checked at that moment): the header
+    /// timeout before its first request, the idle timeout after its latest
+    /// progress, never while the server's side is working. The counters
+    /// are read before `last`: a request that changes them meanwhile has
+    /// stamped `last` first, so it is never taken for an old one.
     fn expires(&self, limits: &ConnectionLimits) -> Instant {
-        let busy = self.busy();
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        let working = self.working.load(Ordering::Acquire);
         match self.last.load(Ordering::Acquire) {
-            u64::MAX if !busy => self.opened + limits.header_timeout,
-            _ if busy => Instant::now() + limits.idle_timeout,
+            u64::MAX if in_flight == 0 => self.opened + limits.header_timeout,
+            _ if working > 0 => Instant::now() + limits.idle_timeout,
             last => self.opened + Duration::from_millis(last) + limits.idle_timeout,
         }
     }
 
-    /// Why the connection should close now, if it should.
+    /// Why the connection should close now, if it should: `header_timeout`
+    /// (no request yet), `stalled` (responses the client stopped reading),
+    /// `idle`.
     fn expired(&self, limits: &ConnectionLimits) -> Option<&'static str> {
         if self.expires(limits) > Instant::now() {
             return None;
         }
-        Some(if self.last.load(Ordering::Acquire) == u64::MAX { "header_timeout" } else { "idle" })
+        Some(match (self.last.load(Ordering::Acquire), self.in_flight.load(Ordering::Acquire)) {
+            (u64::MAX, _) => "header_timeout",
+            (_, 0) => "idle",
+            _ => "stalled",
+        })
     }
 }
 
 /// A request in flight on a connection.
-struct InFlight(Arc<Activity>);
+struct InFlight {
+    activity: Arc<Activity>,
+    /// Counted in [`Activity::working`].
+    working: bool,
+}
+
+impl InFlight {
+    /// Says whether the server's side is what the request waits for now;
+    /// the end of a wait is progress.
+    fn working(&mut self, working: bool) {
+        if self.working == working {
+            if !working {
+                self.activity.touch();
+            }
+            return;
+        }
+        self.working = working;
+        if working {
+            self.activity.working.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.activity.touch();
+            self.activity.working.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Release);
+        self.activity.touch();
+        if self.working {
+            self.activity.working.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.activity.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -53,7 +53,8 @@ pub struct ListenerLabels {
 pub struct ClosedLabels {
     /// Listener name.
     pub listener: &'static str,
-    /// limit, handshake_timeout, header_timeout, idle or drain_timeout.
+    /// limit, peer_limit, handshake_error, handshake_timeout, header_timeout,
+    /// idle, stalled or drain_timeout.
     pub reason: &'static str,
 }
 

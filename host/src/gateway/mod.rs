@@ -362,9 +362,10 @@ enum Unforwardable {
 }
 
 /// Why the host a request is for is ambiguous or invalid, if it is (RFC
-/// 9112 §3.2): two `Host` headers, an HTTP/1.1 request with neither `Host`
-/// nor an absolute URI, or a host that is not one
-/// ([`target::is_valid_host`]). Routes match on the host and the upstream
+/// 9112 §3.2, RFC 9113 §8.3.1): two `Host` headers, an HTTP/1.1 request
+/// without one (even with an absolute URI), a host that is not one
+/// ([`target::is_valid_host`]), or a `Host` that differs from the absolute
+/// URI's or HTTP/2 `:authority`. Routes match on the host and the upstream
 /// gets it in `X-Forwarded-Host`, so such a request is refused rather than
 /// routed by one reading of it.
 fn host_error(req: &Request<Incoming>) -> Option<&'static str> {
@@ -373,15 +374,21 @@ fn host_error(req: &Request<Incoming>) -> Option<&'static str> {
     if hosts.next().is_some() {
         return Some("the request has more than one Host header");
     }
-    if host.is_none() && req.version() == Version::HTTP_11 && req.uri().authority().is_none() {
+    if host.is_none() && req.version() == Version::HTTP_11 {
         return Some("an HTTP/1.1 request needs a Host header");
     }
-    let valid = |text: Option<&str>| text.is_some_and(target::is_valid_host);
-    if host.is_some_and(|host| !valid(host.to_str().ok())) {
+    let host = host.map(|host| host.to_str().ok().filter(|text| target::is_valid_host(text)));
+    if host == Some(None) {
         return Some("the Host header is not a host name or address with an optional port (RFC 9110 §7.2)");
     }
-    if req.uri().authority().is_some_and(|authority| !valid(Some(authority.as_str()))) {
+    let authority = req.uri().authority().map(|authority| authority.as_str());
+    if authority.is_some_and(|authority| !target::is_valid_host(authority)) {
         return Some("the request's authority is not a host name or address with an optional port");
+    }
+    if let (Some(authority), Some(Some(host))) = (authority, host)
+        && !authority.eq_ignore_ascii_case(host)
+    {
+        return Some("the Host header and the request's authority name different hosts");
     }
     None
 }

@@ -4,6 +4,8 @@
 //! 504 with a short reason.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -189,10 +191,13 @@ impl Upstreams {
         // Upstreams speak HTTP/1.1 whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
         // The response timeout starts once the request body is sent: a
-        // large upload is not a slow upstream.
+        // large upload is not a slow upstream. Meanwhile the upstream must
+        // keep taking the body: one that stops reading for the response
+        // timeout has timed out too.
         let (sent_tx, sent) = tokio::sync::oneshot::channel();
         let early_end = hyper::body::Body::is_end_stream(req.body());
-        let req = req.map(|body| SignalEnd { inner: body, sent: Some(sent_tx) }.boxed());
+        let taken = Arc::new(Taken::new());
+        let req = req.map(|body| SignalEnd { inner: body, sent: Some(sent_tx), taken: taken.clone() }.boxed());
         let request = self.client.request(req);
         tokio::pin!(request);
         let early = if early_end {
@@ -201,6 +206,7 @@ impl Upstreams {
             tokio::select! {
                 response = &mut request => Some(response),
                 _ = sent => None,
+                _ = taken.stops_for(self.options.response_timeout) => return Err(UpstreamError::Timeout),
             }
         };
         let result = match early {
@@ -225,10 +231,42 @@ impl Upstreams {
     }
 }
 
-/// A request body that says when it has been sent to the end (or dropped).
+/// A request body that says when it has been sent to the end (or dropped),
+/// and when the upstream connection last asked for more of it.
 struct SignalEnd {
     inner: Body,
     sent: Option<tokio::sync::oneshot::Sender<()>>,
+    taken: Arc<Taken>,
+}
+
+/// When a request body was last polled by the upstream connection: hyper
+/// asks for the next frame only once it could write the last one.
+struct Taken {
+    since: tokio::time::Instant,
+    /// Milliseconds from `since` to the last poll.
+    last: AtomicU64,
+}
+
+impl Taken {
+    fn new() -> Self {
+        Self { since: tokio::time::Instant::now(), last: AtomicU64::new(0) }
+    }
+
+    fn stamp(&self) {
+        self.last.store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Returns once the body has not been polled for `limit`.
+    async fn stops_for(&self, limit: Duration) {
+        loop {
+            let last = self.last.load(Ordering::Relaxed);
+            let due = self.since + Duration::from_millis(last) + limit;
+            tokio::time::sleep_until(due).await;
+            if self.last.load(Ordering::Relaxed) == last {
+                return;
+            }
+        }
+    }
 }
 
 impl hyper::body::Body for SignalEnd {
@@ -239,6 +277,7 @@ impl hyper::body::Body for SignalEnd {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        self.taken.stamp();
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         // hyper stops polling a body whose length is known once it is
         // complete, so its end is seen on the last frame, not after it.

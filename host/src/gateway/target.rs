@@ -154,6 +154,14 @@ pub fn is_valid_host(text: &str) -> bool {
     }
     let Ok(authority) = text.parse::<http::uri::Authority>() else { return false };
     let host = authority.host();
+    // An IP literal must be an IPv6 address (RFC 3986 §3.2.2; IPvFuture is
+    // refused).
+    if let Some(literal) = host.strip_prefix('[') {
+        let address = literal.strip_suffix(']').unwrap_or(literal);
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+    }
     let port = &text[host.len()..];
     !host.is_empty()
         && (port.is_empty()
@@ -168,7 +176,8 @@ mod tests {
 
     #[test]
     fn a_host_is_a_name_or_address_and_an_optional_port() {
-        for host in ["api.example", "api.example:8080", "127.0.0.1:1", "[::1]:443", "[::1]", "a-b.example"] {
+        for host in ["api.example", "api.example:8080", "127.0.0.1:1", "[::1]:443", "[::1]", "a-b.example", "[fe80::1]"]
+        {
             assert!(is_valid_host(host), "{host}");
         }
         for host in [
@@ -184,6 +193,10 @@ mod tests {
             "user@api.example",
             "api.example/x",
             "[::1",
+            "[zz]",
+            "[a]:80",
+            "[1.2.3.4]",
+            "[v1.x]",
         ] {
             assert!(!is_valid_host(host), "{host}");
         }

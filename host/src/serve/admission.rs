@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
@@ -224,16 +224,25 @@ async fn reserve(
     Ok(())
 }
 
-/// Reads and drops a refused request's body, up to `max` bytes, without
-/// keeping it in memory.
+/// How long a refused request's body is read before the answer goes out
+/// anyway (and the connection closes, its body unread): a client that
+/// stalls its body must not hold the connection, and with enough of them
+/// the listener, for ever.
+const REFUSED_BODY_WAIT: Duration = Duration::from_secs(2);
+
+/// Reads and drops a refused request's body, up to `max` bytes and for at
+/// most [`REFUSED_BODY_WAIT`], without keeping it in memory.
 async fn drain(mut body: Incoming, max: usize) {
-    let mut seen = 0;
-    while let Some(Ok(frame)) = body.frame().await {
-        seen += frame.data_ref().map_or(0, Bytes::len);
-        if seen > max {
-            return;
+    let read = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Bytes::len);
+            if seen > max {
+                return;
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(REFUSED_BODY_WAIT, read).await;
 }
 
 /// The 413 answer, logged (throttled) with the plugin, size and peer: the

@@ -133,7 +133,11 @@ fn check_request(catalog: &Catalog, req: &RequestHead, body: Option<&str>) -> Al
         Side::Source => creation.source_definition,
         Side::Destination => creation.destination_definition,
     };
-    let name = definition.and_then(|d| d.name).or(creation.name);
+    let name = match (definition.and_then(|d| d.name), creation.name) {
+        // Both places: the upstream may read either, so they must agree.
+        (Some(inner), Some(outer)) if inner != outer => return decision(false, "ambiguous-name"),
+        (inner, outer) => inner.or(outer),
+    };
     match name.as_ref().and_then(Value::as_str) {
         Some(name) if catalog.allows(side, name) => decision(true, "connector-listed"),
         Some(_) => decision(false, "connector-not-listed"),
