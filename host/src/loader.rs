@@ -20,11 +20,10 @@ use crate::error::{CallError, DirError, LoadError, Refusal, SettingsError};
 use crate::instances::{Exports, Instances};
 use crate::metadata::PluginMetadata;
 use crate::plugin::Plugin;
-use crate::registry::{LoadReport, Registry};
+use crate::redact;
 use crate::sandbox::{self, Sandbox};
 use crate::snapshot::SnapshotError;
 use crate::validation;
-use crate::{redact, reload};
 
 /// Extension of plugin files.
 pub const PLUGIN_EXTENSION: &str = "wasm";
@@ -324,15 +323,6 @@ impl Loader {
             "plugin loaded"
         );
         Ok(plugin)
-    }
-
-    /// Loads every `*.wasm` file of a directory, in name order. Files that
-    /// fail are reported in [`LoadReport::refused`]; the rest serve. This is
-    /// a rescan against nothing, so a first load and every later rescan
-    /// follow the same rules.
-    pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, DirError> {
-        let (registry, changes) = reload::rescan(self, dir, &Registry::default())?;
-        Ok(LoadReport { registry, refused: changes.refused })
     }
 
     fn check(&self, origin: &Path, bytes: &[u8], settings: Settings) -> Result<Plugin, Refusal> {

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{DirError, LoadError};
 use crate::loader::{self, Loader, Settings};
 use crate::plugin::Plugin;
-use crate::registry::Registry;
+use crate::registry::{LoadReport, Registry};
 
 /// What the plugin directory looks like to the host, as `/plugins`, the
 /// readiness detail and the `tollgate_plugin_dir_*` gauges tell it.
@@ -302,4 +302,15 @@ pub fn log(changes: &Changes) {
 /// exist (yet) is made absolute against the working directory.
 pub fn resolve_dir(dir: &Path) -> PathBuf {
     dir.canonicalize().or_else(|_| std::path::absolute(dir)).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+impl Loader {
+    /// Loads every `*.wasm` file of a directory, in name order. Files that
+    /// fail are reported in [`LoadReport::refused`]; the rest serve. This is
+    /// a rescan against nothing, so a first load and every later rescan
+    /// follow the same rules (and live here, beside [`rescan`]).
+    pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, DirError> {
+        let (registry, changes) = rescan(self, dir, &Registry::default())?;
+        Ok(LoadReport { registry, refused: changes.refused })
+    }
 }

@@ -31,9 +31,21 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
             let named = graph.entry(module.clone()).or_default();
             for (at, _) in text.match_indices("crate::") {
                 let rest = &text[at + "crate::".len()..];
-                let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-                if !name.is_empty() && name != module {
-                    named.insert(name);
+                // `crate::a::b` names `a`; `crate::{a, b::c}` names `a` and `b`.
+                let group = match rest.strip_prefix('{') {
+                    Some(group) => group.split('}').next().unwrap_or_default(),
+                    None => rest,
+                };
+                for item in group.split(',') {
+                    let name: String =
+                        item.trim_start().chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                    if !name.is_empty() && name != module {
+                        named.insert(name);
+                    }
+                    if rest.starts_with('{') {
+                        continue;
+                    }
+                    break;
                 }
             }
         }
