@@ -21,8 +21,9 @@ use wasmtime::AsContextMut;
 use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre};
 
-use crate::contract::{admission, allowlist, route};
+use crate::contract::{Kind, admission, allowlist, route};
 use crate::error::CallError;
+use crate::metadata::PluginMetadata;
 use crate::sandbox::{self, Sandbox, StoreFactory};
 
 /// Growth of an instance's memory past its size when made after which it is
@@ -42,6 +43,15 @@ pub(crate) enum Exports {
 }
 
 impl Exports {
+    /// Where `kind`'s functions are in the component `pre` instantiates.
+    pub(crate) fn of(kind: Kind, pre: &InstancePre<Sandbox>) -> wasmtime::Result<Self> {
+        Ok(match kind {
+            Kind::Admission => Exports::Admission(admission::GuestIndices::new(pre)?),
+            Kind::Route => Exports::Route(route::GuestIndices::new(pre)?),
+            Kind::Allowlist => Exports::Allowlist(allowlist::GuestIndices::new(pre)?),
+        })
+    }
+
     /// The typed functions of `instance`. Type-checks every signature, so
     /// it is done once per instance, not per call.
     pub(crate) fn load(&self, mut store: impl AsContextMut, instance: &Instance) -> wasmtime::Result<Guest> {
@@ -58,6 +68,31 @@ pub(crate) enum Guest {
     Admission(admission::Guest),
     Route(route::Guest),
     Allowlist(allowlist::Guest),
+}
+
+impl Guest {
+    /// Calls the instance's `metadata`, whatever its kind.
+    pub(crate) async fn metadata(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<PluginMetadata> {
+        Ok(match self {
+            Guest::Admission(guest) => PluginMetadata::Admission(guest.call_metadata(store).await?),
+            Guest::Route(guest) => PluginMetadata::Route(guest.call_metadata(store).await?),
+            Guest::Allowlist(guest) => PluginMetadata::Allowlist(guest.call_metadata(store).await?),
+        })
+    }
+
+    /// Calls the instance's `configure` with `settings`, whatever its kind:
+    /// `Err(message)` when the plugin refuses them.
+    pub(crate) async fn configure(
+        &self,
+        store: &mut Store<Sandbox>,
+        settings: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Guest::Admission(guest) => guest.call_configure(store, settings).await,
+            Guest::Route(guest) => guest.call_configure(store, settings).await,
+            Guest::Allowlist(guest) => guest.call_configure(store, settings).await,
+        }
+    }
 }
 
 /// An instance between calls.

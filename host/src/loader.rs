@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre};
 
 use crate::cache::CodeCache;
-use crate::contract::{self, Kind, admission, allowlist, route};
+use crate::contract::{self, Kind};
 use crate::engine::Runtime;
 use crate::error::{CallError, DirError, LoadError, Refusal, SettingsError};
 use crate::instances::{Exports, Instances};
@@ -325,129 +325,150 @@ impl Loader {
         Ok(plugin)
     }
 
+    /// Checks and compiles a plugin file's bytes into a plugin: from the
+    /// compiled-code cache when it holds them, else compiled, its metadata
+    /// read and checked, and configured (into a snapshot when possible).
     fn check(&self, origin: &Path, bytes: &[u8], settings: Settings) -> Result<Plugin, Refusal> {
         sniff(bytes)?;
-        let engine = self.runtime.engine();
         let hash = hex::encode(Sha256::digest(bytes));
         let key = self.cache.as_ref().map(|cache| cache.key(&hash, &settings.json));
         if let (Some(cache), Some(key)) = (&self.cache, &key)
-            && let Some(hit) = cache.get(key, engine)
+            && let Some(hit) = cache.get(key, self.runtime.engine())
         {
-            let kind = hit.metadata.kind();
-            let link = |e: wasmtime::Error| Refusal::Link { kind, reason: format!("{e:#}") };
-            let pre = self.runtime.linker().instantiate_pre(&hit.component).map_err(link)?;
-            let exports = indices(kind, &pre).map_err(link)?;
-            return Ok(Plugin {
-                origin: origin.to_path_buf(),
-                hash,
+            let (pre, exports) = self.link(&hit.component, hit.metadata.kind())?;
+            let built = Built {
                 contract_version: hit.contract_version,
                 metadata: hit.metadata,
-                settings: settings.json,
                 configured: hit.configured,
-                settings_file: settings.file,
-                loaded_at: std::time::SystemTime::now(),
-                from_cache: true,
-                instances: Instances::new(self.runtime.pool().clone(), pre, exports, hit.configured),
-                runtime: self.runtime.clone(),
-            });
+                pre,
+                exports,
+            };
+            return Ok(self.plugin(origin, hash, settings, built, true));
         }
-        let component = Component::new(engine, bytes).map_err(|e| Refusal::Compile(format!("{e:#}")))?;
-        let (kind, contract_version) = world_of(&component, engine)?;
-        let link = |e: wasmtime::Error| Refusal::Link { kind, reason: format!("{e:#}") };
-        let pre = self.runtime.linker().instantiate_pre(&component).map_err(link)?;
-        let exports = indices(kind, &pre).map_err(link)?;
-        let label = origin.display().to_string();
-        let deadline = self.runtime.options().load_deadline;
+        let component = Component::new(self.runtime.engine(), bytes).map_err(|e| Refusal::Compile(format!("{e:#}")))?;
+        let (kind, contract_version) = world_of(&component, self.runtime.engine())?;
+        let (pre, exports) = self.link(&component, kind)?;
+        let metadata = self.read_metadata(&origin.display().to_string(), &pre, &exports)?;
+        let name = metadata.info().name.clone();
+        let (component, pre, exports, configured) =
+            match self.snapshot(&name, bytes, kind, &contract_version, &settings)? {
+                Some(configured) => {
+                    let component = Component::new(self.runtime.engine(), &configured)
+                        .map_err(|e| Refusal::Compile(format!("configured snapshot: {e:#}")))?;
+                    let (pre, exports) = self.link(&component, kind)?;
+                    (component, pre, exports, true)
+                }
+                None => {
+                    self.configure_once(&name, &pre, &exports, &settings)?;
+                    (component, pre, exports, false)
+                }
+            };
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            cache.put(key, &component, &metadata, &contract_version, configured);
+        }
+        let built = Built { contract_version, metadata, configured, pre, exports };
+        Ok(self.plugin(origin, hash, settings, built, false))
+    }
 
+    /// `component` linked against the host, with `kind`'s functions found.
+    fn link(&self, component: &Component, kind: Kind) -> Result<(InstancePre<Sandbox>, Exports), Refusal> {
+        let link = |e: wasmtime::Error| Refusal::Link { kind, reason: format!("{e:#}") };
+        let pre = self.runtime.linker().instantiate_pre(component).map_err(link)?;
+        let exports = Exports::of(kind, &pre).map_err(link)?;
+        Ok((pre, exports))
+    }
+
+    /// The plugin's metadata, read from a fresh instance and checked as the
+    /// API server would check it.
+    fn read_metadata(
+        &self,
+        label: &str,
+        pre: &InstancePre<Sandbox>,
+        exports: &Exports,
+    ) -> Result<PluginMetadata, Refusal> {
+        let deadline = self.runtime.options().load_deadline;
         let metadata =
-            sandbox::block_on(sandbox::call(self.runtime.stores(), &label, &pre, deadline, async |store, instance| {
-                Ok(match &exports {
-                    Exports::Admission(i) => {
-                        PluginMetadata::Admission(i.load(&mut *store, instance)?.call_metadata(&mut *store).await?)
-                    }
-                    Exports::Route(i) => {
-                        PluginMetadata::Route(i.load(&mut *store, instance)?.call_metadata(&mut *store).await?)
-                    }
-                    Exports::Allowlist(i) => {
-                        PluginMetadata::Allowlist(i.load(&mut *store, instance)?.call_metadata(&mut *store).await?)
-                    }
-                })
+            sandbox::block_on(sandbox::call(self.runtime.stores(), label, pre, deadline, async |store, instance| {
+                exports.load(&mut *store, instance)?.metadata(store).await
             }))
             .map_err(Refusal::Metadata)?;
         let problems = validation::problems(&metadata);
         if !problems.is_empty() {
             return Err(Refusal::InvalidMetadata(problems));
         }
+        Ok(metadata)
+    }
 
-        let name = metadata.info().name.clone();
-        let snapshot = match self.runtime.snapshotter() {
-            Some(snapshotter) => {
-                match snapshotter.configure(&name, bytes, kind, &contract_version, &settings.json, deadline) {
-                    Ok(configured) => Some(configured),
-                    Err(SnapshotError::Call(error)) => {
-                        return Err(Refusal::Configure(redact_guest_said(error, &settings.json)));
-                    }
-                    Err(SnapshotError::Refused(message)) => return Err(settings_refused(&message, &settings)),
-                    Err(SnapshotError::Unsupported(why)) => {
-                        tracing::warn!(plugin = %name, %why, "no configured snapshot; configuring on every call");
-                        None
-                    }
-                }
+    /// The component configured with `settings` as a snapshot, or `None`
+    /// when snapshots are unavailable for it (it is then configured on every
+    /// call); refused when `configure` fails or refuses the settings.
+    fn snapshot(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        kind: Kind,
+        contract_version: &str,
+        settings: &Settings,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let Some(snapshotter) = self.runtime.snapshotter() else { return Ok(None) };
+        let deadline = self.runtime.options().load_deadline;
+        match snapshotter.configure(name, bytes, kind, contract_version, &settings.json, deadline) {
+            Ok(configured) => Ok(Some(configured)),
+            Err(SnapshotError::Call(error)) => Err(Refusal::Configure(redact_guest_said(error, &settings.json))),
+            Err(SnapshotError::Refused(message)) => Err(settings_refused(&message, settings)),
+            Err(SnapshotError::Unsupported(why)) => {
+                tracing::warn!(plugin = %name, %why, "no configured snapshot; configuring on every call");
+                Ok(None)
             }
-            None => None,
-        };
-        let (pre, exports, configured, component) = match snapshot {
-            Some(configured) => {
-                let component = Component::new(engine, &configured)
-                    .map_err(|e| Refusal::Compile(format!("configured snapshot: {e:#}")))?;
-                let pre = self.runtime.linker().instantiate_pre(&component).map_err(link)?;
-                let exports = indices(kind, &pre).map_err(link)?;
-                (pre, exports, true, component)
-            }
-            None => {
-                let json = settings.json.as_str();
-                let accepted = sandbox::block_on(sandbox::call(
-                    self.runtime.stores(),
-                    &name,
-                    &pre,
-                    deadline,
-                    async |store, instance| {
-                        Ok(match &exports {
-                            Exports::Admission(i) => {
-                                i.load(&mut *store, instance)?.call_configure(&mut *store, json).await?
-                            }
-                            Exports::Route(i) => {
-                                i.load(&mut *store, instance)?.call_configure(&mut *store, json).await?
-                            }
-                            Exports::Allowlist(i) => {
-                                i.load(&mut *store, instance)?.call_configure(&mut *store, json).await?
-                            }
-                        })
-                    },
-                ))
-                .map_err(|error| Refusal::Configure(redact_guest_said(error, &settings.json)))?;
-                accepted.map_err(|message| settings_refused(&message, &settings))?;
-                (pre, exports, false, component)
-            }
-        };
-        if let (Some(cache), Some(key)) = (&self.cache, &key) {
-            cache.put(key, &component, &metadata, &contract_version, configured);
         }
+    }
 
-        Ok(Plugin {
+    /// Runs `configure` once on a fresh instance, so settings it refuses
+    /// refuse the plugin at load rather than fail every call.
+    fn configure_once(
+        &self,
+        name: &str,
+        pre: &InstancePre<Sandbox>,
+        exports: &Exports,
+        settings: &Settings,
+    ) -> Result<(), Refusal> {
+        let deadline = self.runtime.options().load_deadline;
+        let json = settings.json.as_str();
+        let accepted =
+            sandbox::block_on(sandbox::call(self.runtime.stores(), name, pre, deadline, async |store, instance| {
+                exports.load(&mut *store, instance)?.configure(store, json).await
+            }))
+            .map_err(|error| Refusal::Configure(redact_guest_said(error, &settings.json)))?;
+        accepted.map_err(|message| settings_refused(&message, settings))
+    }
+
+    /// The one place a [`Plugin`] is put together.
+    fn plugin(&self, origin: &Path, hash: String, settings: Settings, built: Built, from_cache: bool) -> Plugin {
+        Plugin {
             origin: origin.to_path_buf(),
             hash,
-            contract_version,
-            metadata,
+            contract_version: built.contract_version,
+            metadata: built.metadata,
             settings: settings.json,
-            configured,
+            configured: built.configured,
             settings_file: settings.file,
             loaded_at: std::time::SystemTime::now(),
-            from_cache: false,
-            instances: Instances::new(self.runtime.pool().clone(), pre, exports, configured),
+            from_cache,
+            instances: Instances::new(self.runtime.pool().clone(), built.pre, built.exports, built.configured),
             runtime: self.runtime.clone(),
-        })
+        }
     }
+}
+
+/// What compiling (or the cache) established about a plugin, and its code
+/// linked against the host.
+struct Built {
+    contract_version: String,
+    metadata: PluginMetadata,
+    /// Whether its code is a configured snapshot.
+    configured: bool,
+    pre: InstancePre<Sandbox>,
+    exports: Exports,
 }
 
 /// The plugin refused `settings` with `message`, which is redacted: it is
@@ -465,15 +486,6 @@ fn redact_guest_said(error: CallError, settings_json: &str) -> CallError {
         }
         other => other,
     }
-}
-
-/// Where `kind`'s functions are in the component.
-fn indices(kind: Kind, pre: &InstancePre<Sandbox>) -> wasmtime::Result<Exports> {
-    Ok(match kind {
-        Kind::Admission => Exports::Admission(admission::GuestIndices::new(pre)?),
-        Kind::Route => Exports::Route(route::GuestIndices::new(pre)?),
-        Kind::Allowlist => Exports::Allowlist(allowlist::GuestIndices::new(pre)?),
-    })
 }
 
 /// Plugin files of a directory, sorted. Hidden files are skipped: copy tools

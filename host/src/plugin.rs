@@ -161,22 +161,8 @@ impl Plugin {
         }
         let verdict = self
             .invoke(deadline, async |store, guest| match guest {
-                Guest::Admission(guest) => {
-                    if let Err(message) =
-                        self.configure_per_call(guest.call_configure(&mut *store, &self.settings)).await?
-                    {
-                        return Ok(Err(message));
-                    }
-                    Ok(Ok(guest.call_validate(&mut *store, request).await?))
-                }
-                Guest::Allowlist(guest) => {
-                    if let Err(message) =
-                        self.configure_per_call(guest.call_configure(&mut *store, &self.settings)).await?
-                    {
-                        return Ok(Err(message));
-                    }
-                    Ok(Ok(guest.call_check_admission(&mut *store, request).await?))
-                }
+                Guest::Admission(guest) => guest.call_validate(store, request).await,
+                Guest::Allowlist(guest) => guest.call_check_admission(store, request).await,
                 Guest::Route(_) => Err(unexpected_world()),
             })
             .await?;
@@ -201,10 +187,7 @@ impl Plugin {
         }
         self.invoke(self.call_deadline(), async |store, guest| {
             let Guest::Route(guest) = guest else { return Err(unexpected_world()) };
-            if let Err(message) = self.configure_per_call(guest.call_configure(&mut *store, &self.settings)).await? {
-                return Ok(Err(message));
-            }
-            Ok(Ok(guest.call_route(&mut *store, request).await?))
+            guest.call_route(store, request).await
         })
         .await
     }
@@ -221,33 +204,31 @@ impl Plugin {
         }
         self.invoke(self.call_deadline(), async |store, guest| {
             let Guest::Allowlist(guest) = guest else { return Err(unexpected_world()) };
-            if let Err(message) = self.configure_per_call(guest.call_configure(&mut *store, &self.settings)).await? {
-                return Ok(Err(message));
-            }
-            let answer =
-                guest.call_check_request(&mut *store, check.request, check.route, check.identity, check.body).await?;
-            Ok(Ok(answer))
+            guest.call_check_request(store, check.request, check.route, check.identity, check.body).await
         })
         .await
     }
 
-    /// Runs `configure` (given as its unstarted call) when the plugin has no
-    /// configured snapshot and so starts every call unconfigured; else skips it.
-    async fn configure_per_call(
-        &self,
-        configure: impl Future<Output = wasmtime::Result<Result<(), String>>>,
-    ) -> wasmtime::Result<Result<(), String>> {
-        if self.configured { Ok(Ok(())) } else { configure.await }
-    }
-
-    /// Runs `f` on one of the plugin's instances. `f` returns `Err(message)`
-    /// when the plugin's `configure` refused its settings.
+    /// Runs `f` on one of the plugin's instances, configuring it first when
+    /// the plugin has no configured snapshot (so every call starts
+    /// unconfigured): the one place a call's kind-independent steps happen.
     async fn invoke<R>(
         &self,
         deadline: Duration,
-        f: impl AsyncFnOnce(&mut Store<Sandbox>, &Guest) -> wasmtime::Result<Result<R, String>>,
+        f: impl AsyncFnOnce(&mut Store<Sandbox>, &Guest) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        match self.instances.call(self.name(), deadline, f).await {
+        let called = self
+            .instances
+            .call(self.name(), deadline, async |store, guest| {
+                if !self.configured
+                    && let Err(message) = guest.configure(store, &self.settings).await?
+                {
+                    return Ok(Err(message));
+                }
+                Ok(Ok(f(store, guest).await?))
+            })
+            .await;
+        match called {
             Ok(Ok(answer)) => Ok(answer),
             // The message reaches the client (a denial's text): it must not
             // quote the settings, which may hold secrets.
