@@ -107,9 +107,7 @@ impl Runtime {
         }
         let engine = Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
-        sandbox::add_services_to_linker(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+        let linker = sandbox::linker(&engine).map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
         let _ticker = EpochTicker::start(engine.clone());
         let snapshotter = match Snapshotter::new(options.max_memory_bytes) {

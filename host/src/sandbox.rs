@@ -114,9 +114,14 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// Links the host services every plugin may import.
-pub fn add_services_to_linker(linker: &mut wasmtime::component::Linker<Sandbox>) -> wasmtime::Result<()> {
-    services::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |sandbox| sandbox)
+/// The linker every plugin is instantiated against on `engine`: WASI
+/// (with no capabilities, see [`Sandbox::new`]) and the host services. The
+/// serving engine and the snapshot engine both link through it.
+pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<wasmtime::component::Linker<Sandbox>> {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    services::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |sandbox| sandbox)?;
+    Ok(linker)
 }
 
 /// How a runtime makes stores: its engine, the memory cap, and the JWT

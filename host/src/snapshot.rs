@@ -53,9 +53,7 @@ impl Snapshotter {
             .enable_incremental_compilation(std::sync::Arc::new(crate::compile_cache::FunctionCache::default()))
             .map_err(|e| format!("{e:#}"))?;
         let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
-        sandbox::add_services_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
+        let linker = sandbox::linker(&engine).map_err(|e| format!("{e:#}"))?;
         let _ticker = EpochTicker::start(engine.clone());
         Ok(Self { engine, linker, max_memory_bytes, _ticker })
     }
