@@ -124,29 +124,166 @@ pub enum ServeError {
     Gateway(String),
 }
 
-/// Runs the servers until `stop` completes, then drains them.
+/// Binds every address, then runs the servers until `stop` completes and
+/// drains them ([`Bound::new`], [`Bound::serve`]).
 pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = ()>) -> Result<(), ServeError> {
-    // Every address is taken before anything is written or registered. A
-    // second server started by mistake on the same addresses stops here;
-    // later it would already have replaced the running server's CA bundle
-    // and, with --sync-webhooks, rewritten the cluster's webhook configuration.
-    let admission_listener = bind(options.admission_addr).await?;
-    let gateway_loops = match &options.gateway {
-        Some(gateway) => Some(
-            EventLoops::bind(gateway.addr, gateway.threads.max(1))
-                .map_err(|error| ServeError::Bind { addr: gateway.addr, error })?,
-        ),
-        None => None,
-    };
-    let metrics_listener = match options.metrics_addr {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
+    Bound::new(&options).await?.serve(options, stop).await
+}
 
-    let runtime = Arc::new(Runtime::new(options.engine.clone())?);
-    let limits = &options.limits;
-    // Said once at start: an operator who sees 503s or closed connections
-    // can tell which limit applies without reading the flags' defaults.
+/// A server's listening sockets, taken before anything is written or
+/// registered: a second server started by mistake on the same addresses
+/// stops here, where later it would already have replaced the running
+/// server's CA bundle and, with `--sync-webhooks`, rewritten the cluster's
+/// webhook configuration.
+pub struct Bound {
+    admission: TcpListener,
+    gateway: Option<EventLoops>,
+    metrics: Option<TcpListener>,
+}
+
+/// Where a bound server listens (port 0 resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    /// The admission listener (HTTPS).
+    pub admission: SocketAddr,
+    /// The gateway, if it runs.
+    pub gateway: Option<SocketAddr>,
+    /// The metrics listener, if it runs.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Bound {
+    /// Binds the addresses of `options`.
+    pub async fn new(options: &ServeOptions) -> Result<Self, ServeError> {
+        let admission = bind(options.admission_addr).await?;
+        let gateway = match &options.gateway {
+            Some(gateway) => Some(
+                EventLoops::bind(gateway.addr, gateway.threads.max(1))
+                    .map_err(|error| ServeError::Bind { addr: gateway.addr, error })?,
+            ),
+            None => None,
+        };
+        let metrics = match options.metrics_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Self { admission, gateway, metrics })
+    }
+
+    /// Where the server listens.
+    pub fn addresses(&self) -> Addresses {
+        Addresses {
+            admission: self.admission.local_addr().unwrap_or_else(|_| unspecified()),
+            gateway: self.gateway.as_ref().and_then(|loops| loops.local_addr().ok()),
+            metrics: self.metrics.as_ref().and_then(|m| m.local_addr().ok()),
+        }
+    }
+
+    /// Serves until `stop` completes, then drains: the listeners answer
+    /// (not ready) while the plugins load, then serve them; the directory
+    /// is watched; webhooks are kept in sync when asked.
+    pub async fn serve(
+        self,
+        options: ServeOptions,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let runtime = Arc::new(Runtime::new(options.engine.clone())?);
+        let state = host_state(&options.limits);
+        let serving_tls = tls::server_config(&options.tls)?;
+        let tls = tokio_rustls::TlsAcceptor::from(serving_tls.config.clone());
+        // Bad gateway options stop the start-up before the cluster is touched.
+        let gateways = match (&options.gateway, &self.gateway) {
+            (Some(gateway), Some(loops)) => gateways(gateway, loops.len(), &options, &state)?,
+            _ => Vec::new(),
+        };
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // Connect before serving, so a bad kubeconfig stops the start-up with
+        // its reason instead of leaving webhooks silently unregistered.
+        let sync = match options.sync.clone() {
+            Some(mut sync) => {
+                // The webhooks must carry the CA this listener serves under,
+                // whatever the certificate's source; what cannot work stops here.
+                sync.webhooks.ca = serving_tls.registered_ca(&sync.webhooks.ca)?;
+                Some(WebhookSync::start(sync.cluster, sync.webhooks, state.metrics.sync(), shutdown_rx.clone()).await?)
+            }
+            None => None,
+        };
+        let mut servers = tokio::task::JoinSet::new();
+        self.spawn_listeners(&options, &state, gateways, &tls, &shutdown_rx, &mut servers)?;
+
+        let loader = loader(&runtime, &options);
+        // The directory is resolved once: plugins are known by their file's
+        // path, so the first load and every rescan must name files alike (a
+        // relative --plugins once made the first rescan replace every plugin).
+        let plugin_dir = options.plugins.as_deref().map(reload::resolve_dir);
+        // Watch before the first scan: a change made while it runs is then
+        // picked up right after, instead of at the next periodic rescan.
+        let watching = match (&plugin_dir, options.watch) {
+            (Some(dir), true) => Some(crate::watch::start(dir.clone())?),
+            _ => None,
+        };
+        let memory = first_load(&loader, plugin_dir.as_deref(), &state, sync).await?;
+        if let Some(watching) = watching {
+            tracing::info!(dir = %plugin_dir.as_deref().unwrap_or(std::path::Path::new("")).display(), "watching for plugin changes");
+            let watcher = watching.run(loader, state.clone(), memory, shutdown_rx.clone());
+            servers.spawn(async move {
+                let _ = watcher.await;
+            });
+        }
+
+        stop.await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        let _ = shutdown_tx.send(true);
+        while servers.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Starts serving on every bound socket.
+    fn spawn_listeners(
+        self,
+        options: &ServeOptions,
+        state: &Arc<HostState>,
+        gateways: Vec<Arc<Gateway>>,
+        tls: &tokio_rustls::TlsAcceptor,
+        shutdown: &watch::Receiver<bool>,
+        servers: &mut tokio::task::JoinSet<()>,
+    ) -> Result<(), ServeError> {
+        let limits = &options.limits;
+        // Admission stays on the shared runtime: on event loops of its own it
+        // measured the same CPU per request and a worse tail (BENCHMARKS.md).
+        tracing::info!(addr = %local(&self.admission), "admission webhook listening (HTTPS)");
+        let admission_state = state.clone();
+        let reviews = Arc::new(options.reviews.clone());
+        servers.spawn(listener::serve(
+            Listener::new("admission", limits.admission, &state.metrics),
+            self.admission,
+            Some(tls.clone()),
+            move |req, conn| admission::handle(admission_state.clone(), reviews.clone(), conn.peer, req),
+            shutdown.clone(),
+        ));
+        if let (Some(gateway), Some(loops)) = (&options.gateway, self.gateway) {
+            spawn_gateway(gateway, loops, gateways, &options.limits, state, tls, shutdown, servers)?;
+        }
+        if let Some(metrics_listener) = self.metrics {
+            tracing::info!(addr = %local(&metrics_listener), "metrics listening (HTTP)");
+            let metrics_state = state.clone();
+            let plugins_detail = options.plugins_detail;
+            servers.spawn(listener::serve(
+                Listener::new("metrics", limits.metrics, &state.metrics),
+                metrics_listener,
+                None,
+                move |req, _conn| metrics_endpoint(metrics_state.clone(), plugins_detail, req),
+                shutdown.clone(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The state the listeners share, with the call budgets of `limits` (said
+/// once at start: an operator who sees 503s or closed connections can tell
+/// which limit applies without reading the flags' defaults).
+fn host_state(limits: &Limits) -> Arc<HostState> {
     tracing::info!(
         admission_calls = limits.admission_calls,
         gateway_calls = limits.gateway_calls,
@@ -155,121 +292,92 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         metrics_connections = limits.metrics.max_connections,
         "limits"
     );
-    let calls = CallBudgets::new(limits.admission_calls, limits.gateway_calls, limits.gateway_wait);
-    let state = Arc::new(HostState::new(calls));
-    let serving_tls = tls::server_config(&options.tls)?;
-    let tls = tokio_rustls::TlsAcceptor::from(serving_tls.config.clone());
-    let gateway = match &options.gateway {
-        Some(gateway) => {
-            let trusted = Cidrs::parse(&gateway.trusted_proxies)
-                .map_err(|e| ServeError::Gateway(format!("--trusted-proxy {e}")))?;
-            // Trust is loaded once (a bad --upstream-ca stops the start-up);
-            // each event loop gets its own upstream pool, so connections
-            // stay on the thread that made them.
-            let upstream_tls = tls::client_config(gateway.upstream.extra_ca.as_deref())?;
-            // One gateway per event loop bound above.
-            let loops = gateway_loops.as_ref().map_or(0, EventLoops::len);
-            let gateways: Vec<Arc<Gateway>> = (0..loops)
-                .map(|_| {
-                    let upstreams = Upstreams::new(gateway.upstream.clone(), upstream_tls.clone());
-                    let body_gap = options.limits.gateway.idle_timeout;
-                    Arc::new(Gateway::new(state.clone(), upstreams, trusted.clone(), gateway.tls, body_gap))
-                })
-                .collect();
-            Some((gateway, gateways))
-        }
-        None => None,
-    };
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // Connect before serving, so a bad kubeconfig stops the start-up with
-    // its reason instead of leaving webhooks silently unregistered.
-    let sync = match options.sync {
-        Some(mut sync) => {
-            // The webhooks must carry the CA this listener serves under,
-            // whatever the certificate's source; what cannot work stops here.
-            sync.webhooks.ca = serving_tls.registered_ca(&sync.webhooks.ca)?;
-            Some(WebhookSync::start(sync.cluster, sync.webhooks, state.metrics.sync(), shutdown_rx.clone()).await?)
-        }
-        None => None,
-    };
-    let mut servers = tokio::task::JoinSet::new();
+    Arc::new(HostState::new(CallBudgets::new(limits.admission_calls, limits.gateway_calls, limits.gateway_wait)))
+}
 
-    // Admission stays on the shared runtime: on event loops of its own it
-    // measured the same CPU per request and a worse tail (BENCHMARKS.md).
-    tracing::info!(addr = %local(&admission_listener), "admission webhook listening (HTTPS)");
-    let admission_state = state.clone();
-    let reviews = Arc::new(options.reviews.clone());
-    servers.spawn(listener::serve(
-        Listener::new("admission", limits.admission, &state.metrics),
-        admission_listener,
-        Some(tls.clone()),
-        move |req, conn| admission::handle(admission_state.clone(), reviews.clone(), conn.peer, req),
-        shutdown_rx.clone(),
-    ));
+/// One [`Gateway`] (and upstream pool) per event loop, so connections stay
+/// on the thread that made them. Trust is loaded once: a bad
+/// `--trusted-proxy` or `--upstream-ca` stops the start-up.
+fn gateways(
+    gateway: &GatewayOptions,
+    loops: usize,
+    options: &ServeOptions,
+    state: &Arc<HostState>,
+) -> Result<Vec<Arc<Gateway>>, ServeError> {
+    let trusted =
+        Cidrs::parse(&gateway.trusted_proxies).map_err(|e| ServeError::Gateway(format!("--trusted-proxy {e}")))?;
+    let upstream_tls = tls::client_config(gateway.upstream.extra_ca.as_deref())?;
+    let body_gap = options.limits.gateway.idle_timeout;
+    Ok((0..loops)
+        .map(|_| {
+            let upstreams = Upstreams::new(gateway.upstream.clone(), upstream_tls.clone());
+            Arc::new(Gateway::new(state.clone(), upstreams, trusted.clone(), gateway.tls, body_gap))
+        })
+        .collect())
+}
 
-    if let (Some((options, gateways)), Some(loops)) = (gateway, gateway_loops) {
-        let scheme = if options.tls { "HTTPS" } else { "HTTP" };
-        let gateway_tls = options.tls.then(|| tls.clone());
-        let addr = loops.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
-        tracing::info!(%addr, threads = loops.len(), "gateway listening ({scheme})");
-        let drained = loops
-            .spawn(
-                Listener::new("gateway", limits.gateway, &state.metrics),
-                gateway_tls,
-                |i| {
-                    let gateway = Arc::clone(&gateways[i]);
-                    move |req, conn| {
-                        let gateway = Arc::clone(&gateway);
-                        async move { gateway.handle(req, conn).await }
-                    }
-                },
-                shutdown_rx.clone(),
-            )
-            .map_err(ServeError::EventLoop)?;
-        // Shutdown waits for every loop to drain.
-        for loop_drained in drained {
-            servers.spawn(async move {
-                let _ = loop_drained.await;
-            });
+/// Serves the gateway on its event loops, `gateways[i]` on loop `i`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_gateway(
+    gateway: &GatewayOptions,
+    loops: EventLoops,
+    gateways: Vec<Arc<Gateway>>,
+    limits: &Limits,
+    state: &Arc<HostState>,
+    tls: &tokio_rustls::TlsAcceptor,
+    shutdown: &watch::Receiver<bool>,
+    servers: &mut tokio::task::JoinSet<()>,
+) -> Result<(), ServeError> {
+    let scheme = if gateway.tls { "HTTPS" } else { "HTTP" };
+    let addr = loops.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    tracing::info!(%addr, threads = loops.len(), "gateway listening ({scheme})");
+    let drained = loops
+        .spawn(
+            Listener::new("gateway", limits.gateway, &state.metrics),
+            gateway.tls.then(|| tls.clone()),
+            |i| {
+                let gateway = Arc::clone(&gateways[i]);
+                move |req, conn| {
+                    let gateway = Arc::clone(&gateway);
+                    async move { gateway.handle(req, conn).await }
+                }
+            },
+            shutdown.clone(),
+        )
+        .map_err(ServeError::EventLoop)?;
+    // Shutdown waits for every loop to drain.
+    for loop_drained in drained {
+        servers.spawn(async move {
+            let _ = loop_drained.await;
+        });
+    }
+    Ok(())
+}
+
+/// The loader of `options`, with the compiled-code cache when it opens.
+fn loader(runtime: &Arc<Runtime>, options: &ServeOptions) -> Loader {
+    let loader = Loader::new(runtime.clone()).with_limits(options.files);
+    let Some(dir) = &options.cache_dir else { return loader };
+    match CodeCache::open(dir, runtime.engine()) {
+        Ok(cache) => loader.with_cache(Arc::new(cache)),
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "compiled-code cache unavailable; compiling every time");
+            loader
         }
     }
+}
 
-    if let Some(metrics_listener) = metrics_listener {
-        tracing::info!(addr = %local(&metrics_listener), "metrics listening (HTTP)");
-        let metrics_state = state.clone();
-        let plugins_detail = options.plugins_detail;
-        servers.spawn(listener::serve(
-            Listener::new("metrics", limits.metrics, &state.metrics),
-            metrics_listener,
-            None,
-            move |req, _conn| metrics_endpoint(metrics_state.clone(), plugins_detail, req),
-            shutdown_rx.clone(),
-        ));
-    }
-
-    // Compiling is CPU work: keep it off the async threads so probes answer
-    // (not ready) while plugins load.
-    let mut loader = Loader::new(runtime.clone()).with_limits(options.files);
-    if let Some(dir) = &options.cache_dir {
-        match CodeCache::open(dir, runtime.engine()) {
-            Ok(cache) => loader = loader.with_cache(Arc::new(cache)),
-            Err(error) => {
-                tracing::warn!(dir = %dir.display(), %error, "compiled-code cache unavailable; compiling every time")
-            }
-        }
-    }
-    // The directory is resolved once: plugins are known by their file's
-    // path, so the first load and every rescan must name files alike (a
-    // relative --plugins once made the first rescan replace every plugin).
-    let plugin_dir = options.plugins.as_deref().map(reload::resolve_dir);
-    // Watch before the first scan: a change made while it runs is then
-    // picked up right after, instead of at the next periodic rescan.
-    let watching = match (&plugin_dir, options.watch) {
-        (Some(dir), true) => Some(crate::watch::start(dir.clone())?),
-        _ => None,
-    };
-    let (first, plugins) = (loader.clone(), plugin_dir.clone());
-    // The first load remembers what it refused, like every rescan after it.
+/// Loads the plugin directory (or the bundled plugins) and serves it; the
+/// files refused are remembered, as every rescan after it does. Compiling
+/// is CPU work: it runs off the async threads, so probes answer (not
+/// ready) meanwhile.
+async fn first_load(
+    loader: &Loader,
+    plugin_dir: Option<&std::path::Path>,
+    state: &Arc<HostState>,
+    sync: Option<WebhookSync>,
+) -> Result<reload::RefusalMemory, ServeError> {
+    let (first, plugins) = (loader.clone(), plugin_dir.map(std::path::Path::to_path_buf));
     let (report, memory) = tokio::task::spawn_blocking(move || {
         let mut memory = reload::RefusalMemory::default();
         let report = match plugins {
@@ -301,27 +409,18 @@ pub async fn run(options: ServeOptions, stop: impl std::future::Future<Output = 
         state.sync_webhooks(sync);
     }
     state.install(report.registry);
-    if let Some(dir) = &plugin_dir {
+    if let Some(dir) = plugin_dir {
         let status = summary::DirStatus::new(dir, DirCondition::Ok, std::time::SystemTime::now(), loaded);
         state.set_plugin_dir(status);
     }
     tracing::info!(loaded, refused, "plugins ready");
     // Registered only now that they serve.
     state.register_serving();
+    Ok(memory)
+}
 
-    if let Some(watching) = watching {
-        tracing::info!(dir = %plugin_dir.as_deref().unwrap_or(std::path::Path::new("")).display(), "watching for plugin changes");
-        let watcher = watching.run(loader, state.clone(), memory, shutdown_rx.clone());
-        servers.spawn(async move {
-            let _ = watcher.await;
-        });
-    }
-
-    stop.await;
-    tracing::info!("shutting down: no new connections, finishing requests in flight");
-    let _ = shutdown_tx.send(true);
-    while servers.join_next().await.is_some() {}
-    Ok(())
+fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
