@@ -274,8 +274,8 @@ impl Gateway {
         let result = self.upstreams.forward(req, forward, remove, &facts).await;
         let status = match &result {
             Ok(response) => response.status().as_str().to_string(),
-            // The client's fault, not the upstream's.
-            Err(proxy::UpstreamError::SlowBody(_)) => return result.map_err(Rejection::Upstream),
+            // The client's fault, not the upstream's: refused as such.
+            Err(proxy::UpstreamError::SlowBody(slow)) => return Err(Rejection::SlowBody(*slow)),
             Err(error) => {
                 tracing::warn!(route, upstream = %forward.upstream, %error, "upstream did not answer");
                 error.label().into()

@@ -40,7 +40,8 @@ pub enum Rejection {
     BodyUnreadable,
     /// The body paused too long (408).
     SlowBody(Stalled),
-    /// The upstream did not answer (502, 504).
+    /// The upstream did not answer (502, 504; never its `SlowBody`, which
+    /// the gateway turns into [`Rejection::SlowBody`]).
     Upstream(UpstreamError),
 }
 
@@ -85,7 +86,6 @@ impl Rejection {
             }
             Rejection::BodyUnreadable => (400, "bad_request", "the body could not be read".into()),
             Rejection::SlowBody(slow) => (408, "slow_body", slow.to_string()),
-            Rejection::Upstream(UpstreamError::SlowBody(slow)) => (408, "slow_body", slow.to_string()),
             Rejection::Upstream(error) => {
                 let code = if error.status() == 504 { "gateway_timeout" } else { "bad_gateway" };
                 (error.status(), code, error.to_string())
