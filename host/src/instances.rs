@@ -163,22 +163,14 @@ impl Instances {
     }
 
     /// Runs `f` under `deadline` on an idle instance, or a new one when none
-    /// is idle. `plugin` names the plugin in logs and errors.
+    /// is idle; afterwards the instance is kept for the next call when it
+    /// may be reused. `plugin` names the plugin in logs and errors.
     pub(crate) async fn call<R>(
         &self,
         plugin: &str,
         deadline: Duration,
         f: impl AsyncFnOnce(&mut Store<Sandbox>, &Guest) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
-        if !self.reuse {
-            let exports = &self.exports;
-            return sandbox::call(&self.pool.stores, plugin, &self.pre, deadline, async |store, instance| {
-                let guest = exports.load(&mut *store, instance)?;
-                f(store, &guest).await
-            })
-            .await;
-        }
-        let max_memory = self.pool.stores.max_memory();
         let started = std::time::Instant::now();
         let mut warm = match self.take() {
             Some(warm) => warm,
@@ -186,11 +178,11 @@ impl Instances {
         };
         // Making the instance counts against the call's deadline.
         let left = deadline.saturating_sub(started.elapsed());
-        sandbox::begin_call(&mut warm.store, left);
-        let result = sandbox::until_deadline(left, f(&mut warm.store, &warm.guest)).await;
-        let result = result.map_err(|e| sandbox::classify(e, deadline, max_memory, &warm.store));
-        sandbox::end_call(&warm.store);
-        if result.is_ok() {
+        let max_memory = self.pool.stores.max_memory();
+        let guest = &warm.guest;
+        let result =
+            sandbox::run(&mut warm.store, left, deadline, max_memory, async |store| f(store, guest).await).await;
+        if result.is_ok() && self.reuse {
             warm.calls += 1;
             self.keep(warm);
         }
@@ -199,17 +191,8 @@ impl Instances {
 
     /// A new instance, made under `deadline`.
     async fn make(&self, plugin: &str, deadline: Duration) -> Result<Warm, CallError> {
-        let max_memory = self.pool.stores.max_memory();
-        let mut store = self.pool.stores.store(plugin);
-        sandbox::begin_call(&mut store, deadline);
-        let made = match sandbox::until_deadline(deadline, self.pre.instantiate_async(&mut store)).await {
-            Ok(instance) => {
-                self.exports.load(&mut store, &instance).map_err(|e| CallError::Instantiate(format!("{e:#}")))
-            }
-            Err(error) => Err(sandbox::instantiate_error(error, deadline, max_memory)),
-        };
-        sandbox::end_call(&store);
-        let guest = made?;
+        let (mut store, instance) = sandbox::instantiate(&self.pool.stores, plugin, &self.pre, deadline).await?;
+        let guest = self.exports.load(&mut store, &instance).map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         let start_memory = store.data().memory_peak();
         Ok(Warm { store, guest, calls: 0, start_memory })
     }

@@ -29,6 +29,7 @@ pub mod gateway;
 mod guest_output;
 pub mod instances;
 pub mod jwt;
+pub mod lifecycle;
 pub mod listener;
 pub mod loader;
 pub mod metadata;

@@ -8,7 +8,7 @@
 //! refused for a lasting reason while the file (and its settings files)
 //! stay as they were: the refusal is listed again instead ([`RefusalMemory`]).
 //! And it does not empty the serving set because the directory went empty:
-//! see [`DirCondition::Empty`].
+//! see [`crate::summary::DirCondition::Empty`].
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -22,27 +22,6 @@ use crate::error::{DirError, LoadError};
 use crate::loader::{self, Loader, Settings};
 use crate::plugin::Plugin;
 use crate::registry::{LoadReport, Registry};
-
-/// What the plugin directory looks like to the host, as `/plugins`, the
-/// readiness detail and the `tollgate_plugin_dir_*` gauges tell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DirCondition {
-    /// Read as it is; what serves is what it holds.
-    #[default]
-    Ok,
-    /// It holds nothing at all (hidden files aside) while plugins serve:
-    /// they keep serving. An emptied or recreated directory is most often a
-    /// copy or sync half done (`rm -rf`, then copy), or a mistake, and for
-    /// an admission controller serving nothing means enforcing nothing.
-    /// Removing plugin files one by one still removes each, the last too,
-    /// as long as anything else (a settings file, say) stays in the
-    /// directory; a restart serves what the directory holds.
-    Empty,
-    /// It cannot be read (removed, or not readable): the plugins loaded
-    /// from it keep serving until it can be read again.
-    Missing,
-}
 
 /// What a rescan changed, for logs and metrics.
 #[derive(Debug, Default)]
@@ -60,7 +39,7 @@ pub struct Changes {
     /// refused (not logged or counted again).
     pub still_refused: Vec<LoadError>,
     /// True when the directory held nothing and what served was kept (see
-    /// [`DirCondition::Empty`]).
+    /// [`crate::summary::DirCondition::Empty`]).
     pub kept_while_empty: bool,
 }
 
@@ -271,37 +250,6 @@ fn load_if_changed(loader: &Loader, file: &Path, previous: Option<&Arc<Plugin>>)
     let plugin = loader.load_bytes(file, &bytes, settings)?;
     tracing::debug!(file = %file.display(), elapsed_ms = started.elapsed().as_millis() as u64, "loaded");
     Ok(Some(plugin))
-}
-
-/// Logs what a rescan changed, one event per plugin.
-pub fn log(changes: &Changes) {
-    for p in &changes.added {
-        tracing::info!(plugin = p.name(), version = p.version(), file = %p.origin().display(), hash = &p.hash()[..12], "plugin added");
-    }
-    for (old, new) in &changes.replaced {
-        tracing::info!(
-            plugin = new.name(),
-            from = old.version(),
-            to = new.version(),
-            file = %new.origin().display(),
-            hash = &new.hash()[..12],
-            "plugin swapped"
-        );
-    }
-    for p in &changes.removed {
-        tracing::info!(plugin = p.name(), version = p.version(), file = %p.origin().display(), "plugin removed");
-    }
-    for refused in &changes.refused {
-        tracing::warn!(file = %refused.file.display(), reason = %refused.reason, "plugin refused; the last good version, if any, keeps serving");
-    }
-}
-
-/// A plugin directory as the server knows it for its whole run: absolute
-/// and canonical (symlinks resolved), so file events, the first load and
-/// every rescan name the same files the same way. A directory that does not
-/// exist (yet) is made absolute against the working directory.
-pub fn resolve_dir(dir: &Path) -> PathBuf {
-    dir.canonicalize().or_else(|_| std::path::absolute(dir)).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 impl Loader {

@@ -1,8 +1,9 @@
 //! The host side of a plugin instance: its [`Store`] data (WASI with no
 //! capabilities, stdout/stderr sent to the log, a memory cap, the host services),
 //! the deadline every call runs under, and how a failed call is explained.
-//! [`call`] runs one call on a fresh instance (loading does this); serving
-//! reuses warm instances (the `instances` module).
+//! Every instance is made by [`instantiate`] and every call runs through
+//! [`run`]; [`call`] is both on a fresh instance (loading does this), and
+//! serving keeps warm instances between calls (the `instances` module).
 
 use std::time::{Duration, Instant};
 
@@ -65,11 +66,6 @@ impl Sandbox {
     /// Largest memory size the guest asked for so far, in bytes.
     pub(crate) fn memory_peak(&self) -> usize {
         self.limits.peak
-    }
-
-    /// The memory limiter, for `Store::limiter`.
-    pub(crate) fn limits(&mut self) -> &mut dyn ResourceLimiter {
-        &mut self.limits
     }
 }
 
@@ -164,10 +160,45 @@ fn new_store(engine: &wasmtime::Engine, sandbox: Sandbox) -> Store<Sandbox> {
     store
 }
 
+/// A new instance of `pre` in a store of its own, made under `deadline`.
+/// `plugin` names the plugin in logs and errors.
+pub(crate) async fn instantiate(
+    stores: &StoreFactory,
+    plugin: &str,
+    pre: &InstancePre<Sandbox>,
+    deadline: Duration,
+) -> Result<(Store<Sandbox>, Instance), CallError> {
+    let mut store = stores.store(plugin);
+    begin_call(&mut store, deadline);
+    let made = until_deadline(deadline, pre.instantiate_async(&mut store)).await;
+    end_call(&store);
+    match made {
+        Ok(instance) => Ok((store, instance)),
+        Err(error) => Err(instantiate_error(error, deadline, stores.max_memory())),
+    }
+}
+
+/// Runs one call on `store` for at most `left`, the part of the call's
+/// `deadline` (the figure errors report) not spent yet; `max_memory` is the
+/// cap errors report. A failed call's error is explained ([`classify`]).
+pub(crate) async fn run<R>(
+    store: &mut Store<Sandbox>,
+    left: Duration,
+    deadline: Duration,
+    max_memory: usize,
+    call: impl AsyncFnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>,
+) -> Result<R, CallError> {
+    begin_call(store, left);
+    let result = until_deadline(left, call(store)).await;
+    let result = result.map_err(|e| classify(e, deadline, max_memory, store));
+    end_call(store);
+    result
+}
+
 /// Starts the next call on `store`: it has until `deadline` from now (the
 /// guest yields to the executor at every epoch tick and is interrupted once
 /// the deadline has passed), and its output starts a new per-call cap.
-pub(crate) fn begin_call(store: &mut Store<Sandbox>, deadline: Duration) {
+fn begin_call(store: &mut Store<Sandbox>, deadline: Duration) {
     let data = store.data_mut();
     data.deadline = Instant::now() + deadline;
     data.stdout.begin_call();
@@ -177,7 +208,7 @@ pub(crate) fn begin_call(store: &mut Store<Sandbox>, deadline: Duration) {
 
 /// Ends a call on `store`: the guest's last unfinished output lines go to
 /// the log.
-pub(crate) fn end_call(store: &Store<Sandbox>) {
+fn end_call(store: &Store<Sandbox>) {
     store.data().stdout.end_call();
     store.data().stderr.end_call();
 }
@@ -191,17 +222,11 @@ pub async fn call<R>(
     deadline: Duration,
     f: impl AsyncFnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, CallError> {
-    let max_memory = stores.max_memory();
-    let mut store = stores.store(plugin);
     let started = Instant::now();
-    begin_call(&mut store, deadline);
-    let result = match until_deadline(deadline, pre.instantiate_async(&mut store)).await {
-        Ok(instance) => until_deadline(deadline.saturating_sub(started.elapsed()), f(&mut store, &instance))
-            .await
-            .map_err(|e| classify(e, deadline, max_memory, &store)),
-        Err(e) => Err(instantiate_error(e, deadline, max_memory)),
-    };
-    end_call(&store);
+    let (mut store, instance) = instantiate(stores, plugin, pre, deadline).await?;
+    // Making the instance counts against the call's deadline.
+    let left = deadline.saturating_sub(started.elapsed());
+    let result = run(&mut store, left, deadline, stores.max_memory(), async |store| f(store, &instance).await).await;
     tracing::trace!(plugin, elapsed_us = started.elapsed().as_micros() as u64, "plugin call");
     result
 }
@@ -222,10 +247,7 @@ pub async fn call<R>(
 /// not: registering one for every call was the likeliest part of the
 /// microsecond the hardening added to each admission request (BENCHMARKS.md,
 /// "Hardening costs").
-pub(crate) async fn until_deadline<R>(
-    deadline: Duration,
-    call: impl Future<Output = wasmtime::Result<R>>,
-) -> wasmtime::Result<R> {
+async fn until_deadline<R>(deadline: Duration, call: impl Future<Output = wasmtime::Result<R>>) -> wasmtime::Result<R> {
     let ends = tokio::time::Instant::now() + deadline;
     let mut call = std::pin::pin!(call);
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
@@ -239,7 +261,7 @@ pub(crate) async fn until_deadline<R>(
 }
 
 /// Explains why a new instance could not be made.
-pub(crate) fn instantiate_error(error: wasmtime::Error, deadline: Duration, max_memory: usize) -> CallError {
+fn instantiate_error(error: wasmtime::Error, deadline: Duration, max_memory: usize) -> CallError {
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return CallError::Deadline(deadline);
     }
@@ -272,12 +294,7 @@ where
 }
 
 /// Turns a failed call's error into what went wrong, for the operator.
-pub(crate) fn classify(
-    error: wasmtime::Error,
-    deadline: Duration,
-    max_memory: usize,
-    store: &Store<Sandbox>,
-) -> CallError {
+fn classify(error: wasmtime::Error, deadline: Duration, max_memory: usize, store: &Store<Sandbox>) -> CallError {
     if error.downcast_ref::<MemoryCapExceeded>().is_some() {
         return CallError::MemoryCap { cap_mib: max_memory >> 20 };
     }

@@ -14,9 +14,9 @@ use wasmtime::component::{Component, Instance, Linker};
 use wasmtime::{Config, Engine, OptLevel, Store};
 
 use crate::contract::Kind;
-use crate::epoch::{EpochTicker, deadline_ticks};
+use crate::epoch::EpochTicker;
 use crate::error::CallError;
-use crate::sandbox::{self, Sandbox};
+use crate::sandbox::{self, Sandbox, StoreFactory};
 
 /// Why no snapshot was made.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,9 @@ pub enum SnapshotError {
 pub struct Snapshotter {
     engine: Engine,
     linker: Linker<Sandbox>,
-    max_memory_bytes: usize,
+    /// Stores as serving makes them (memory cap, output, deadline), on
+    /// this engine.
+    stores: StoreFactory,
     _ticker: EpochTicker,
 }
 
@@ -55,7 +57,8 @@ impl Snapshotter {
         let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
         let linker = sandbox::linker(&engine).map_err(|e| format!("{e:#}"))?;
         let _ticker = EpochTicker::start(engine.clone());
-        Ok(Self { engine, linker, max_memory_bytes, _ticker })
+        let stores = StoreFactory::new(engine.clone(), max_memory_bytes, Default::default());
+        Ok(Self { engine, linker, stores, _ticker })
     }
 
     /// Runs `configure(settings)` on `component` and returns the configured
@@ -86,32 +89,26 @@ impl Snapshotter {
         let (context, instrumented) = wizer.instrument_component(component).map_err(unsupported)?;
         let instrumented = Component::new(&self.engine, &instrumented).map_err(unsupported)?;
 
-        let mut store = Store::new(&self.engine, Sandbox::new(plugin, self.max_memory_bytes, Default::default()));
-        store.limiter(|sandbox| sandbox.limits());
-        store.set_epoch_deadline(deadline_ticks(deadline));
-        store.epoch_deadline_trap();
-        // The epoch deadline stops a guest that computes; `until_deadline`
-        // also stops one waiting in a host call (a WASI clock sleep), where
-        // no epoch check runs. It covers instantiation too: a component's
-        // start function is guest code.
-        let configured =
-            sandbox::until_deadline(deadline, self.call_configure(&mut store, &instrumented, interface, settings))
-                .await;
-        sandbox::end_call(&store);
+        let mut store = self.stores.store(plugin);
+        let max_memory = self.stores.max_memory();
+        // The call's deadline covers instantiation too: a component's start
+        // function is guest code.
+        let configured = sandbox::run(&mut store, deadline, deadline, max_memory, async |store| {
+            self.call_configure(store, &instrumented, interface, settings).await
+        })
+        .await;
         let instance = match configured {
             Ok((instance, Ok(()))) => instance,
             Ok((_, Err(message))) => return Err(SnapshotError::Refused(message)),
-            Err(error) => {
-                return Err(SnapshotError::Call(sandbox::classify(error, deadline, self.max_memory_bytes, &store)));
-            }
+            Err(error) => return Err(SnapshotError::Call(error)),
         };
         // Reading the state back is Wizer's work, not the plugin's: it gets
         // its own generous deadline.
-        store.set_epoch_deadline(deadline_ticks(SNAPSHOT_DEADLINE));
-        let mut state = wasmtime_wizer::WasmtimeWizerComponent { store: &mut store, instance };
-        sandbox::until_deadline(SNAPSHOT_DEADLINE, wizer.snapshot_component(&context, &mut state))
-            .await
-            .map_err(unsupported)
+        let read_back = sandbox::run(&mut store, SNAPSHOT_DEADLINE, SNAPSHOT_DEADLINE, max_memory, async |store| {
+            let mut state = wasmtime_wizer::WasmtimeWizerComponent { store, instance };
+            wizer.snapshot_component(&context, &mut state).await
+        });
+        read_back.await.map_err(|e| SnapshotError::Unsupported(e.to_string()))
     }
 
     async fn call_configure(

@@ -11,14 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::contract::Kind;
 use crate::metrics::{KindLabels, ListenerLabels, LoadLabels, Metrics};
 use crate::registry::Registry;
-use crate::reload::DirCondition;
-use crate::summary::{DirStatus, RefusalSummary};
-use crate::sync::WebhookSync;
-
-/// How long a swap that removes admission plugins waits for them to be
-/// unregistered before it stops serving them anyway (the API server is
-/// unreachable; their failure policy then applies to calls it still makes).
-pub const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
+use crate::summary::{DirCondition, DirStatus, RefusalSummary, SyncHealth, SyncStatus};
 
 /// Shared by every connection of every listener.
 pub struct HostState {
@@ -30,7 +23,7 @@ pub struct HostState {
     /// Plugin calls admission and the gateway may each run at once.
     pub calls: CallBudgets,
     ready: AtomicBool,
-    sync: OnceLock<WebhookSync>,
+    sync: OnceLock<Arc<SyncHealth>>,
 }
 
 impl HostState {
@@ -64,38 +57,11 @@ impl HostState {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Keeps the cluster's webhook configurations in step from now on. Call
-    /// it before the first [`HostState::install`], so the host is never
-    /// reported ready without its sync check; what serves is registered by
-    /// [`HostState::register_serving`].
-    pub fn sync_webhooks(&self, sync: WebhookSync) {
-        let _ = self.sync.set(sync);
-    }
-
-    /// Registers the plugins serving now, when syncing.
-    pub fn register_serving(&self) {
-        if let Some(sync) = self.sync.get() {
-            sync.want(&self.registry());
-        }
-    }
-
-    /// Swaps in `next` like [`HostState::install`], keeping the webhook
-    /// configurations in step when syncing: plugins that go away are
-    /// unregistered first (waiting up to [`UNREGISTER_WAIT`]), and new
-    /// ones are registered once they serve.
-    pub async fn swap(&self, next: Registry) {
-        let Some(sync) = self.sync.get() else {
-            self.install(next);
-            return;
-        };
-        let staying = self.registry().filtered(|p| next.get(p.name()).is_some());
-        if let Some(generation) = sync.want(&staying)
-            && !sync.wait_applied(generation, UNREGISTER_WAIT).await
-        {
-            tracing::warn!("removed plugins are not unregistered yet; they stop serving anyway");
-        }
-        self.install(next);
-        sync.want(&self.registry());
+    /// Reports webhook sync's `health` in readiness and `/plugins` from now
+    /// on. Call it before the first [`HostState::install`], so the host is
+    /// never reported ready without its sync check.
+    pub fn report_sync(&self, health: Arc<SyncHealth>) {
+        let _ = self.sync.set(health);
     }
 
     /// Remembers the files refused by the latest load or rescan, for the
@@ -164,8 +130,8 @@ impl HostState {
     }
 
     /// How webhook sync goes, when syncing.
-    pub fn sync_status(&self) -> Option<crate::sync::SyncStatus> {
-        self.sync.get().map(|sync| sync.health().status())
+    pub fn sync_status(&self) -> Option<SyncStatus> {
+        self.sync.get().map(|health| health.status())
     }
 }
 

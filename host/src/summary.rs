@@ -11,7 +11,6 @@ use crate::metadata::PluginMetadata;
 use crate::metadata::{failure_policy_name, operation_name, scope_name};
 use crate::plugin::Plugin;
 use crate::registry::LoadReport;
-use crate::reload::DirCondition;
 
 /// One loaded plugin.
 #[derive(Debug, Serialize)]
@@ -151,7 +150,7 @@ pub struct ServingSummary<'a> {
     pub refused: &'a [RefusalSummary],
     /// How webhook sync goes, when syncing.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhook_sync: Option<crate::sync::SyncStatus>,
+    pub webhook_sync: Option<SyncStatus>,
     /// The plugin directory, when serving one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub directory: Option<DirStatus>,
@@ -236,5 +235,60 @@ pub fn subject_name(subject: SubjectKind) -> &'static str {
         SubjectKind::Email => "e-mail",
         SubjectKind::ClientAddress => "client address",
         SubjectKind::Name => "name",
+    }
+}
+
+/// What the plugin directory looks like to the host, as `/plugins`, the
+/// readiness detail and the `tollgate_plugin_dir_*` gauges tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirCondition {
+    /// Read as it is; what serves is what it holds.
+    #[default]
+    Ok,
+    /// It holds nothing at all (hidden files aside) while plugins serve:
+    /// they keep serving. An emptied or recreated directory is most often a
+    /// copy or sync half done (`rm -rf`, then copy), or a mistake, and for
+    /// an admission controller serving nothing means enforcing nothing.
+    /// Removing plugin files one by one still removes each, the last too,
+    /// as long as anything else (a settings file, say) stays in the
+    /// directory; a restart serves what the directory holds.
+    Empty,
+    /// It cannot be read (removed, or not readable): the plugins loaded
+    /// from it keep serving until it can be read again.
+    Missing,
+}
+
+/// How webhook sync goes: written by the sync tasks (the `sync` module), read
+/// by readiness, `/plugins` and metrics.
+#[derive(Debug, Default)]
+pub struct SyncHealth {
+    state: std::sync::Mutex<SyncStatus>,
+}
+
+/// A snapshot of [`SyncHealth`].
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SyncStatus {
+    /// Some sync succeeded since the start.
+    pub ever_applied: bool,
+    /// The latest attempt failed, and why.
+    pub error: Option<String>,
+    /// Watching the configurations fails (changes by others are then
+    /// repaired only at the next plugin change), and why.
+    pub watch_error: Option<String>,
+    /// When the latest successful sync ended.
+    #[serde(skip)]
+    pub last_success: Option<std::time::SystemTime>,
+}
+
+impl SyncHealth {
+    /// The current status.
+    pub fn status(&self) -> SyncStatus {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes the status (a poisoned lock still holds a usable status).
+    pub fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
     }
 }

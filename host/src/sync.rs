@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt as _;
@@ -40,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::metrics::SyncMetrics;
 use crate::registry::Registry;
+use crate::summary::SyncHealth;
 use crate::throttle::Throttle;
 use crate::webhooks::{self, GenerateError, MANAGER, WebhookConfigs, WebhookOptions};
 
@@ -84,38 +85,6 @@ pub enum ClusterConfig {
 struct Desired {
     generation: u64,
     configs: WebhookConfigs,
-}
-
-/// How syncing goes, for readiness, `/plugins` and metrics.
-#[derive(Debug, Default)]
-pub struct SyncHealth {
-    state: Mutex<SyncStatus>,
-}
-
-/// A snapshot of [`SyncHealth`].
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SyncStatus {
-    /// Some sync succeeded since the start.
-    pub ever_applied: bool,
-    /// The latest attempt failed, and why.
-    pub error: Option<String>,
-    /// Watching the configurations fails (changes by others are then
-    /// repaired only at the next plugin change), and why.
-    pub watch_error: Option<String>,
-    /// When the latest successful sync ended.
-    #[serde(skip)]
-    pub last_success: Option<SystemTime>,
-}
-
-impl SyncHealth {
-    /// The current status.
-    pub fn status(&self) -> SyncStatus {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
-        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
-    }
 }
 
 /// The handle the host keeps: ask for a registry to be registered, and wait
@@ -204,9 +173,9 @@ impl WebhookSync {
         tokio::time::timeout(timeout, applied.wait_for(|done| *done >= generation)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// How syncing goes.
-    pub fn health(&self) -> &SyncHealth {
-        &self.health
+    /// How syncing goes, as readiness reads it.
+    pub fn health(&self) -> Arc<SyncHealth> {
+        self.health.clone()
     }
 }
 

@@ -13,19 +13,18 @@ use tokio::sync::watch;
 
 use crate::cache::CodeCache;
 use crate::engine::{EngineOptions, Runtime};
-use crate::error::{DirError, EngineError};
+use crate::error::EngineError;
 use crate::gateway::Gateway;
 use crate::gateway::proxy::{UpstreamOptions, Upstreams};
+use crate::lifecycle::{Lifecycle, LoadFailed};
 use crate::listener::{self, EventLoops, Listener};
 use crate::loader::{FileLimits, Loader};
-use crate::registry::{LoadReport, Registry};
-use crate::reload::DirCondition;
 use crate::serve::limits::Limits;
 use crate::state::{CallBudgets, HostState};
+use crate::summary;
 use crate::sync::{ClusterConfig, SyncError, WebhookSync};
 use crate::tls::{self, TlsError, TlsOptions};
 use crate::webhooks::WebhookOptions;
-use crate::{bundled, reload, summary};
 use gateway_rules::Cidrs;
 
 /// Everything `tollgate serve` needs.
@@ -107,12 +106,9 @@ pub enum ServeError {
     /// A thread for an event loop could not be started.
     #[error("cannot start an event-loop thread: {0}")]
     EventLoop(std::io::Error),
-    /// The plugin directory could not be read.
+    /// The plugins could not be loaded.
     #[error(transparent)]
-    Plugins(#[from] DirError),
-    /// Loading was interrupted.
-    #[error("loading plugins failed: {0}")]
-    Load(String),
+    Plugins(#[from] LoadFailed),
     /// The plugin directory cannot be watched.
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
@@ -211,24 +207,17 @@ impl Bound {
         let mut servers = tokio::task::JoinSet::new();
         self.spawn_listeners(&options, &state, gateways, &tls, &shutdown_rx, &mut servers)?;
 
-        let loader = loader(&runtime, &options);
-        // The directory is resolved once: plugins are known by their file's
-        // path, so the first load and every rescan must name files alike (a
-        // relative --plugins once made the first rescan replace every plugin).
-        let plugin_dir = options.plugins.as_deref().map(reload::resolve_dir);
-        // Watch before the first scan: a change made while it runs is then
+        let mut lifecycle = Lifecycle::new(loader(&runtime, &options), options.plugins.as_deref(), state.clone(), sync);
+        // Watch before the first load: a change made while it runs is then
         // picked up right after, instead of at the next periodic rescan.
-        let watching = match (&plugin_dir, options.watch) {
-            (Some(dir), true) => Some(crate::watch::start(dir.clone())?),
+        let watching = match (lifecycle.dir(), options.watch) {
+            (Some(dir), true) => Some(crate::watch::start(dir.to_path_buf())?),
             _ => None,
         };
-        let memory = first_load(&loader, plugin_dir.as_deref(), &state, sync).await?;
+        lifecycle.load().await?;
         if let Some(watching) = watching {
-            tracing::info!(dir = %plugin_dir.as_deref().unwrap_or(std::path::Path::new("")).display(), "watching for plugin changes");
-            let watcher = watching.run(loader, state.clone(), memory, shutdown_rx.clone());
-            servers.spawn(async move {
-                let _ = watcher.await;
-            });
+            tracing::info!(dir = %lifecycle.dir().unwrap_or(std::path::Path::new("")).display(), "watching for plugin changes");
+            servers.spawn(lifecycle.follow(watching, shutdown_rx.clone()));
         }
 
         stop.await;
@@ -365,58 +354,6 @@ fn loader(runtime: &Arc<Runtime>, options: &ServeOptions) -> Loader {
             loader
         }
     }
-}
-
-/// Loads the plugin directory (or the bundled plugins) and serves it; the
-/// files refused are remembered, as every rescan after it does. Compiling
-/// is CPU work: it runs off the async threads, so probes answer (not
-/// ready) meanwhile.
-async fn first_load(
-    loader: &Loader,
-    plugin_dir: Option<&std::path::Path>,
-    state: &Arc<HostState>,
-    sync: Option<WebhookSync>,
-) -> Result<reload::RefusalMemory, ServeError> {
-    let (first, plugins) = (loader.clone(), plugin_dir.map(std::path::Path::to_path_buf));
-    let (report, memory) = tokio::task::spawn_blocking(move || {
-        let mut memory = reload::RefusalMemory::default();
-        let report = match plugins {
-            Some(dir) => reload::rescan_remembering(&first, &dir, &Registry::default(), &mut memory)
-                .map(|(registry, changes)| LoadReport { registry, refused: changes.refused }),
-            None => Ok(bundled::load(&first)),
-        };
-        report.map(|report| (report, memory))
-    })
-    .await
-    .map_err(|e| ServeError::Load(e.to_string()))??;
-    for plugin in report.registry.iter() {
-        tracing::info!(
-            plugin = plugin.name(),
-            version = plugin.version(),
-            kind = %plugin.kind(),
-            path = plugin.metadata().admission_path().unwrap_or_default(),
-            "serving"
-        );
-    }
-    for refused in &report.refused {
-        tracing::warn!(file = %refused.file.display(), reason = %refused.reason, "plugin refused");
-    }
-    let (loaded, refused) = (report.registry.len(), report.refused.len());
-    state.count_loads(loaded, refused);
-    state.set_refused(&report.refused);
-    // The sync check is in place before the host can look ready.
-    if let Some(sync) = sync {
-        state.sync_webhooks(sync);
-    }
-    state.install(report.registry);
-    if let Some(dir) = plugin_dir {
-        let status = summary::DirStatus::new(dir, DirCondition::Ok, std::time::SystemTime::now(), loaded);
-        state.set_plugin_dir(status);
-    }
-    tracing::info!(loaded, refused, "plugins ready");
-    // Registered only now that they serve.
-    state.register_serving();
-    Ok(memory)
 }
 
 fn unspecified() -> SocketAddr {
