@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Bencher, Criterion, criterion_group, criterion_main};
 use tollgate::admission::review;
-use tollgate::engine::{EngineOptions, Runtime};
-use tollgate::loader::{Loader, Settings};
+use tollgate::plugins::loader::{Loader, Settings};
+use tollgate::runtime::engine::{EngineOptions, Runtime};
 use wasmtime::component::Component;
 
 mod guests {
@@ -48,18 +48,18 @@ fn compile(c: &mut Criterion) {
 }
 
 /// A reference plugin with the settings it ships with.
-fn load(loader: &Loader, guest: &str, plugin: &str) -> tollgate::plugin::Plugin {
+fn load(loader: &Loader, guest: &str, plugin: &str) -> tollgate::plugins::plugin::Plugin {
     let file = format!("../plugins/{plugin}/{plugin}.settings.json");
     load_with(loader, guest, Settings::from_file(Path::new(&file)).expect("shipped settings"))
 }
 
-fn load_with(loader: &Loader, guest: &str, settings: Settings) -> tollgate::plugin::Plugin {
+fn load_with(loader: &Loader, guest: &str, settings: Settings) -> tollgate::plugins::plugin::Plugin {
     let bytes = std::fs::read(guest).expect("guest built");
     loader.load_bytes(Path::new(guest), &bytes, settings).expect("loads")
 }
 
 /// The `misbehave` test guest doing `action` on every `validate`.
-fn misbehave(loader: &Loader, action: &str) -> tollgate::plugin::Plugin {
+fn misbehave(loader: &Loader, action: &str) -> tollgate::plugins::plugin::Plugin {
     let text = serde_json::json!({ "validate": action }).to_string();
     let settings = Settings::from_text(&text, Path::new("misbehave.settings.json")).expect("settings");
     load_with(loader, guests::MISBEHAVE, settings)
@@ -83,7 +83,7 @@ fn cold<R>(b: &mut Bencher, evict: &mut [u8], mut f: impl FnMut() -> R) {
     b.iter_batched(|| evict_caches(evict), |()| f(), BatchSize::PerIteration);
 }
 
-fn request(review: &str) -> tollgate::contract::types::AdmissionRequest {
+fn request(review: &str) -> tollgate::runtime::contract::types::AdmissionRequest {
     review::to_contract(&review::parse_review(review.as_bytes()).expect("review")).expect("convertible")
 }
 
@@ -159,15 +159,15 @@ fn admission_call(c: &mut Criterion) {
 /// The host's JWT verification (`services.verify-jwt`) for an RS256 token:
 /// seen before (the verified-token cache) and never seen (signature checked).
 fn jwt(c: &mut Criterion) {
-    use tollgate::contract::services::{JwtAlgorithm, JwtKey, JwtPolicy};
-    use tollgate::jwt::Verifier;
+    use tollgate::runtime::contract::services::{JwtAlgorithm, JwtKey, JwtPolicy};
+    use tollgate::runtime::jwt::Verifier;
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/jwt");
     let private = std::fs::read(format!("{data}/client-rs256.key")).expect("test key");
     let pem = std::fs::read_to_string(format!("{data}/client-rs256.pub.pem")).expect("test key");
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(&private).expect("RSA key");
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("client-1".into());
-    let exp = tollgate::jwt::now_seconds() + 3600;
+    let exp = tollgate::runtime::jwt::now_seconds() + 3600;
     let token = |jti: u32| {
         let claims = serde_json::json!({"org": "org-a", "sub": "bench", "exp": exp, "jti": jti.to_string()});
         jsonwebtoken::encode(&header, &claims, &key).expect("sign")

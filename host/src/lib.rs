@@ -1,51 +1,40 @@
 //! Tollgate: a WebAssembly policy host for Kubernetes admission and
 //! API-gateway traffic.
 //!
-//! Plugins are WebAssembly components built against the contract in `wit/`
-//! ([`contract`]). The [`engine`] holds the one wasmtime engine and its
-//! limits. The [`loader`] checks and compiles plugin files, runs their
-//! `configure` once into a [`snapshot`], keeps compiled code in the
-//! [`cache`], and fills a [`registry`]. Requests run on a plugin's warm
-//! [`instances`], each a [`sandbox`]. An admission request is decided in
-//! [`admission`] (the AdmissionReview format and the decision, no HTTP);
-//! [`serve`] runs the HTTPS admission listener ([`tls`] the certificates),
-//! the gateway and the metrics listener on the accept loop of [`listener`],
-//! over the shared [`state`]; [`watch`] and [`reload`] swap plugins live
-//! when their files change.
-//! [`webhooks`] and [`docs`] are generated from plugin metadata, and
-//! [`sync`] keeps the cluster's webhook configurations in step.
+//! The modules are layers; each imports only the ones listed before it
+//! (`host/tests/layers.rs` fails on a cycle):
+//!
+//! * [`runtime`]: the Wasm runtime. The contract in `wit/` as Rust types,
+//!   the one wasmtime engine and its limits, the sandbox every call runs in,
+//!   warm instances, configured snapshots.
+//! * [`plugins`]: a plugin file checked, compiled (kept in the on-disk
+//!   cache) and loaded; the registry of plugins; a directory rescanned
+//!   against what serves; the bundled reference plugins.
+//! * [`cluster`]: the cluster side, generated from plugin metadata: webhook
+//!   configurations, docs, and keeping the cluster's configurations in step.
+//! * [`metrics`], [`throttle`], [`state`] (what requests read: the registry
+//!   serving now, call budgets, readiness), [`listener`] (the accept loop
+//!   every listener shares) and [`tls`].
+//! * [`lifecycle`]: the one owner of what serves: the first load, rescans
+//!   after file events, and the swap, in order against webhook sync.
+//! * [`admission`]: the AdmissionReview format and the decision on a review
+//!   (no HTTP), and the HTTPS listener that reads reviews.
+//! * [`gateway`]: the HTTP gateway: route, allowlists, forward.
+//! * [`status`]: `/metrics`, `/healthz`, `/readyz`, `/plugins`.
+//! * [`serve`]: `tollgate serve`, all of the above started together.
+//! * [`cli`]: what the other commands run (`tollgate eval`).
 
 pub mod admission;
-pub mod bundled;
-pub mod cache;
-pub mod compile_cache;
-pub mod contract;
-pub mod docs;
-pub mod engine;
-pub mod epoch;
-pub mod error;
-pub mod eval;
+pub mod cli;
+pub mod cluster;
 pub mod gateway;
-mod guest_output;
-pub mod instances;
-pub mod jwt;
 pub mod lifecycle;
 pub mod listener;
-pub mod loader;
-pub mod metadata;
 pub mod metrics;
-pub mod plugin;
-pub mod redact;
-pub mod registry;
-pub mod reload;
-pub mod sandbox;
+pub mod plugins;
+pub mod runtime;
 pub mod serve;
-pub mod snapshot;
 pub mod state;
-pub mod summary;
-pub mod sync;
+pub mod status;
 pub mod throttle;
 pub mod tls;
-pub mod validation;
-pub mod watch;
-pub mod webhooks;

@@ -10,18 +10,20 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use tollgate::docs::DocsFormat;
-use tollgate::engine::{EngineOptions, Runtime};
+use tollgate::admission::listener::{DEFAULT_MAX_REVIEW_BYTES, DEFAULT_REVIEW_MEMORY_BYTES, ReviewLimits};
+use tollgate::cli::eval;
+use tollgate::cluster::docs;
+use tollgate::cluster::docs::DocsFormat;
+use tollgate::cluster::sync::ClusterConfig;
+use tollgate::cluster::webhooks::{self, CaSource, Target, WebhookOptions};
 use tollgate::gateway::proxy::UpstreamOptions;
-use tollgate::loader::{DEFAULT_MAX_PLUGIN_BYTES, DEFAULT_MAX_SETTINGS_BYTES, FileLimits, Loader, Settings};
-use tollgate::registry::LoadReport;
-use tollgate::serve::admission::{DEFAULT_MAX_REVIEW_BYTES, DEFAULT_REVIEW_MEMORY_BYTES, ReviewLimits};
+use tollgate::plugins::loader::{DEFAULT_MAX_PLUGIN_BYTES, DEFAULT_MAX_SETTINGS_BYTES, FileLimits, Loader, Settings};
+use tollgate::plugins::registry::LoadReport;
+use tollgate::plugins::{bundled, summary};
+use tollgate::runtime::engine::{EngineOptions, Runtime};
 use tollgate::serve::limits::{Limits, peer_share, raise_open_files};
 use tollgate::serve::{GatewayOptions, ServeOptions, SyncOptions};
-use tollgate::sync::ClusterConfig;
 use tollgate::tls::{CertSource, TlsOptions};
-use tollgate::webhooks::{self, CaSource, Target, WebhookOptions};
-use tollgate::{bundled, docs, eval, summary};
 
 // glibc's malloc consolidation showed in the gateway's profile; mimalloc
 // (also the native baseline's allocator) took it out (BENCHMARKS.md).
@@ -573,7 +575,7 @@ fn eval_command(args: EvalArgs) -> Result<ExitCode> {
 
 /// Loads a plugin directory (or the bundled plugins) for a generator, or
 /// fails naming every refused file: generated output must cover every plugin.
-fn load_all(plugins: Option<&std::path::Path>, engine: &EngineArgs) -> Result<tollgate::registry::Registry> {
+fn load_all(plugins: Option<&std::path::Path>, engine: &EngineArgs) -> Result<tollgate::plugins::registry::Registry> {
     let loader = Loader::new(engine.runtime()?);
     let report = match plugins {
         Some(dir) => loader.load_dir(dir)?,

@@ -8,10 +8,10 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::contract::Kind;
 use crate::metrics::{KindLabels, ListenerLabels, LoadLabels, Metrics};
-use crate::registry::Registry;
-use crate::summary::{DirCondition, DirStatus, RefusalSummary, SyncHealth, SyncStatus};
+use crate::plugins::registry::Registry;
+use crate::plugins::summary::{DirCondition, DirStatus, RefusalSummary, SyncHealth, SyncStatus};
+use crate::runtime::contract::Kind;
 
 /// Shared by every connection of every listener.
 pub struct HostState {
@@ -66,7 +66,7 @@ impl HostState {
 
     /// Remembers the files refused by the latest load or rescan, for the
     /// status endpoint (the last error of each file).
-    pub fn set_refused(&self, refused: &[crate::error::LoadError]) {
+    pub fn set_refused(&self, refused: &[crate::plugins::error::LoadError]) {
         self.refused.store(Arc::new(refused.iter().map(RefusalSummary::from).collect()));
     }
 

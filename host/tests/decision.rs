@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tollgate::admission::decision::{Decision, Failure, decide};
 use tollgate::admission::review;
-use tollgate::engine::{EngineOptions, Runtime};
-use tollgate::loader::{Loader, Settings};
-use tollgate::plugin::Plugin;
+use tollgate::plugins::loader::{Loader, Settings};
+use tollgate::plugins::plugin::Plugin;
+use tollgate::runtime::engine::{EngineOptions, Runtime};
 use tollgate::state::CallBudget;
 
 mod guests {

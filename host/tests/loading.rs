@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use serde_json::json;
 use tollgate::admission::review;
-use tollgate::contract::Kind;
-use tollgate::contract::types::{
+use tollgate::plugins::error::{LoadError, PluginError, Refusal};
+use tollgate::plugins::loader::{Loader, Settings};
+use tollgate::plugins::plugin::{AllowCheck, Plugin};
+use tollgate::runtime::contract::Kind;
+use tollgate::runtime::contract::types::{
     FailurePolicy, Identity, Operation, RequestHead, RouteDecision, Scope, SubjectKind, Verdict,
 };
-use tollgate::engine::{EngineOptions, Runtime};
-use tollgate::error::{CallError, LoadError, PluginError, Refusal};
-use tollgate::loader::{Loader, Settings};
-use tollgate::metadata::PluginMetadata;
-use tollgate::plugin::{AllowCheck, Plugin};
+use tollgate::runtime::engine::{EngineOptions, Runtime};
+use tollgate::runtime::error::CallError;
+use tollgate::runtime::metadata::PluginMetadata;
 
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
@@ -156,7 +157,7 @@ fn metadata_round_trips_for_every_kind() {
 
 #[test]
 fn bundled_plugins_all_load() {
-    let report = tollgate::bundled::load(&loader());
+    let report = tollgate::plugins::bundled::load(&loader());
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     let names: Vec<&str> = report.registry.iter().map(|p| p.name()).collect();
     assert_eq!(
@@ -465,7 +466,8 @@ fn compiled_plugins_are_cached_and_a_corrupt_entry_is_rebuilt() {
     let cache_dir = tempfile::tempdir().unwrap();
     let with_cache = || {
         let loader = loader();
-        let cache = tollgate::cache::CodeCache::open(cache_dir.path(), loader.runtime().engine()).unwrap();
+        let cache =
+            tollgate::plugins::disk_cache::CodeCache::open(cache_dir.path(), loader.runtime().engine()).unwrap();
         loader.with_cache(Arc::new(cache))
     };
     let bytes = std::fs::read(guests::NAMESPACE_VALIDATION).unwrap();

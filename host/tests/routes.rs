@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tollgate::engine::{EngineOptions, Runtime};
 use tollgate::gateway::routes::RouteTable;
-use tollgate::loader::{Loader, Settings};
-use tollgate::registry::Registry;
+use tollgate::plugins::loader::{Loader, Settings};
+use tollgate::plugins::registry::Registry;
+use tollgate::runtime::engine::{EngineOptions, Runtime};
 
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
@@ -28,7 +28,7 @@ fn registry(guests: &[(&str, &str)]) -> Registry {
     registry
 }
 
-fn names(plugins: &[Arc<tollgate::plugin::Plugin>]) -> Vec<&str> {
+fn names(plugins: &[Arc<tollgate::plugins::plugin::Plugin>]) -> Vec<&str> {
     plugins.iter().map(|p| p.name()).collect()
 }
 

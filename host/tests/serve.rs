@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tollgate::engine::EngineOptions;
+use tollgate::admission::listener::{DEFAULT_MAX_REVIEW_BYTES, DEFAULT_REVIEW_MEMORY_BYTES, ReviewLimits};
 use tollgate::gateway::proxy::UpstreamOptions;
-use tollgate::loader::FileLimits;
-use tollgate::serve::admission::{DEFAULT_MAX_REVIEW_BYTES, DEFAULT_REVIEW_MEMORY_BYTES, ReviewLimits};
+use tollgate::plugins::loader::FileLimits;
+use tollgate::runtime::engine::EngineOptions;
 use tollgate::serve::limits::Limits;
 use tollgate::serve::{Bound, GatewayOptions, ServeOptions};
 use tollgate::tls::{CertSource, TlsOptions};

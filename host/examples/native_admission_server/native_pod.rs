@@ -4,7 +4,7 @@
 //! by the load-test baseline server and the criterion bench.
 
 use openshift_rules::pod::{self, Settings};
-use tollgate::contract::types::AdmissionRequest;
+use tollgate::runtime::contract::types::AdmissionRequest;
 
 /// pod-validation's settings.
 pub struct Policy(Settings);

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use kube_core::admission::AdmissionResponse;
 
 use super::review::{self, Request as ReviewRequest};
-use crate::contract::types::AdmissionRequest;
-use crate::error::PluginError;
-use crate::plugin::Plugin;
+use crate::plugins::error::PluginError;
+use crate::plugins::plugin::Plugin;
+use crate::runtime::contract::types::AdmissionRequest;
 use crate::state::CallBudget;
 
 /// An admission request decided: the response to send and how it was

@@ -1,7 +1,8 @@
-//! Admission, with no HTTP in it: the API server's AdmissionReview format
-//! ([`review`]) and the decision on one review ([`decision`]). The listener
-//! that reads reviews off HTTPS is `serve::admission`; `tollgate eval`
+//! Admission: the API server's AdmissionReview format ([`review`]) and the
+//! decision on one review ([`decision`]), neither with HTTP in it; and the
+//! [`listener`]'s requests, which read reviews off HTTPS. `tollgate eval`
 //! decides through the same [`decision::decide`].
 
 pub mod decision;
+pub mod listener;
 pub mod review;

@@ -19,11 +19,11 @@ use kube_core::{DynamicResourceScope, Resource, TypeMeta};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::contract::types::{
+use crate::plugins::error::PluginError;
+use crate::plugins::plugin::Plugin;
+use crate::runtime::contract::types::{
     self, FailurePolicy, GroupVersionKind, GroupVersionResource, Operation, UserInfo, Verdict,
 };
-use crate::error::PluginError;
-use crate::plugin::Plugin;
 
 /// The only API version Tollgate answers.
 pub const API_VERSION: &str = "admission.k8s.io/v1";

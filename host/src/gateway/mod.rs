@@ -41,12 +41,12 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::contract::types::{AllowDecision, Forward, Identity, RequestHead, RouteDecision};
 use crate::listener::Connection;
-use crate::metadata::PluginMetadata;
 use crate::metrics::{GatewayDecisionLabels, RouteLabels, RouteStatusLabels, UpstreamLabels};
-use crate::plugin::{AllowCheck, Plugin};
-use crate::registry::Registry;
+use crate::plugins::plugin::{AllowCheck, Plugin};
+use crate::plugins::registry::Registry;
+use crate::runtime::contract::types::{AllowDecision, Forward, Identity, RequestHead, RouteDecision};
+use crate::runtime::metadata::PluginMetadata;
 use crate::state::{Budget, HostState, Overloaded};
 use crate::throttle::Throttle;
 use client_body::{ClientBody, stalled};

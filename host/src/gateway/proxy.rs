@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::client_body::{BoxError, Stalled, stalled};
-use crate::contract::types::{Forward, Header};
+use crate::runtime::contract::types::{Forward, Header};
 
 /// The body type of every gateway request and response.
 pub type Body = BoxBody<Bytes, BoxError>;

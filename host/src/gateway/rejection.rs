@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Full};
 use super::client_body::Stalled;
 use super::proxy::{Body, UpstreamError};
 use super::request::Unforwardable;
-use crate::contract::types::{Header, Respond};
 use crate::listener::Connection;
+use crate::runtime::contract::types::{Header, Respond};
 use crate::throttle::Throttle;
 
 /// Why the gateway answered a request itself.

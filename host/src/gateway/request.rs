@@ -7,8 +7,8 @@ use http::{Method, Request, Version};
 use hyper::body::Incoming;
 
 use super::{proxy, target};
-use crate::contract::types::{Header, RequestHead, TlsInfo};
 use crate::listener::Connection;
+use crate::runtime::contract::types::{Header, RequestHead, TlsInfo};
 
 /// Why the host a request is for is ambiguous or invalid, if it is (RFC
 /// 9112 §3.2, RFC 9113 §8.3.1): two `Host` headers, an HTTP/1.1 request

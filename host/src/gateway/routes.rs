@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use crate::contract::Kind;
-use crate::contract::types::SubjectKind;
-use crate::metadata::PluginMetadata;
-use crate::plugin::Plugin;
-use crate::registry::Registry;
+use crate::plugins::plugin::Plugin;
+use crate::plugins::registry::Registry;
+use crate::runtime::contract::Kind;
+use crate::runtime::contract::types::SubjectKind;
+use crate::runtime::metadata::PluginMetadata;
 
 /// The routes of one registry, in the order they are tried.
 #[derive(Debug, Default)]

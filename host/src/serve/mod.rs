@@ -1,7 +1,6 @@
-//! `tollgate serve`: the admission listener (HTTPS), the metrics listener
-//! (HTTP), and loading the plugins they serve.
+//! `tollgate serve`: the admission listener (HTTPS), the gateway, the
+//! metrics listener (HTTP), and the plugin lifecycle they serve from.
 
-pub mod admission;
 pub mod limits;
 
 use std::net::SocketAddr;
@@ -11,20 +10,20 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cache::CodeCache;
-use crate::engine::{EngineOptions, Runtime};
-use crate::error::EngineError;
+use crate::cluster::sync::{ClusterConfig, SyncError, WebhookSync};
+use crate::cluster::webhooks::WebhookOptions;
 use crate::gateway::Gateway;
 use crate::gateway::proxy::{UpstreamOptions, Upstreams};
 use crate::lifecycle::{Lifecycle, LoadFailed};
 use crate::listener::{self, EventLoops, Listener};
-use crate::loader::{FileLimits, Loader};
+use crate::plugins::disk_cache::CodeCache;
+use crate::plugins::loader::{FileLimits, Loader};
+use crate::runtime::engine::{EngineOptions, Runtime};
+use crate::runtime::error::EngineError;
 use crate::serve::limits::Limits;
 use crate::state::{CallBudgets, HostState};
-use crate::summary;
-use crate::sync::{ClusterConfig, SyncError, WebhookSync};
+use crate::status;
 use crate::tls::{self, TlsError, TlsOptions};
-use crate::webhooks::WebhookOptions;
 use gateway_rules::Cidrs;
 
 /// Everything `tollgate serve` needs.
@@ -54,7 +53,7 @@ pub struct ServeOptions {
     /// The HTTP gateway, if it runs.
     pub gateway: Option<GatewayOptions>,
     /// How large admission reviews may be, alone and together.
-    pub reviews: admission::ReviewLimits,
+    pub reviews: crate::admission::listener::ReviewLimits,
     /// Plugin calls and connections each listener takes on at once.
     pub limits: Limits,
 }
@@ -111,7 +110,7 @@ pub enum ServeError {
     Plugins(#[from] LoadFailed),
     /// The plugin directory cannot be watched.
     #[error(transparent)]
-    Watch(#[from] crate::watch::WatchError),
+    Watch(#[from] crate::lifecycle::watch::WatchError),
     /// Webhook syncing cannot start.
     #[error(transparent)]
     Sync(#[from] SyncError),
@@ -211,7 +210,7 @@ impl Bound {
         // Watch before the first load: a change made while it runs is then
         // picked up right after, instead of at the next periodic rescan.
         let watching = match (lifecycle.dir(), options.watch) {
-            (Some(dir), true) => Some(crate::watch::start(dir.to_path_buf())?),
+            (Some(dir), true) => Some(crate::lifecycle::watch::start(dir.to_path_buf())?),
             _ => None,
         };
         lifecycle.load().await?;
@@ -247,7 +246,9 @@ impl Bound {
             Listener::new("admission", limits.admission, &state.metrics),
             self.admission,
             Some(tls.clone()),
-            move |req, conn| admission::handle(admission_state.clone(), reviews.clone(), conn.peer, req),
+            move |req, conn| {
+                crate::admission::listener::handle(admission_state.clone(), reviews.clone(), conn.peer, req)
+            },
             shutdown.clone(),
         ));
         if let (Some(gateway), Some(loops)) = (&options.gateway, self.gateway) {
@@ -261,7 +262,7 @@ impl Bound {
                 Listener::new("metrics", limits.metrics, &state.metrics),
                 metrics_listener,
                 None,
-                move |req, _conn| metrics_endpoint(metrics_state.clone(), plugins_detail, req),
+                move |req, _conn| status::endpoint(metrics_state.clone(), plugins_detail, req),
                 shutdown.clone(),
             ));
         }
@@ -366,56 +367,4 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 fn local(listener: &TcpListener) -> String {
     listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into())
-}
-
-/// `/readyz`: 200 when every check passes, else 503; `?verbose` lists them.
-pub fn readyz(state: &HostState, query: Option<&str>) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
-    let verbose = query.is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
-    let readiness = state.readiness();
-    listener::text(if readiness.ready() { 200 } else { 503 }, readiness.render(verbose))
-}
-
-/// `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
-/// `/plugins` (what is serving, as JSON).
-async fn metrics_endpoint(
-    state: Arc<HostState>,
-    plugins_detail: bool,
-    req: hyper::Request<hyper::body::Incoming>,
-) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
-    use listener::text;
-    match req.uri().path() {
-        "/metrics" => {
-            let mut response = text(200, state.metrics.render());
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            );
-            response
-        }
-        "/healthz" => text(200, "ok"),
-        "/readyz" => readyz(&state, req.uri().query()),
-        "/plugins" => {
-            let registry = state.registry();
-            // Plugins' own words only when asked for: the page has no
-            // authentication (see `Refusal::host_words`).
-            let refused: Vec<_> = state.refused().iter().map(|r| r.for_status(plugins_detail)).collect();
-            let status = summary::ServingSummary {
-                plugins: registry.iter().map(|p| summary::PluginSummary::from(p.as_ref())).collect(),
-                refused: &refused,
-                webhook_sync: state.sync_status(),
-                directory: state.plugin_dir(),
-            };
-            match serde_json::to_string_pretty(&status) {
-                Ok(json) => {
-                    let mut response = text(200, json);
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-                    response
-                }
-                Err(error) => text(500, error.to_string()),
-            }
-        }
-        _ => text(404, "not found; try /metrics, /healthz, /readyz or /plugins"),
-    }
 }

@@ -27,7 +27,7 @@ mod certs;
 pub use certs::TlsError;
 use certs::signed_by;
 
-use crate::webhooks::CaSource;
+use crate::cluster::webhooks::CaSource;
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone)]

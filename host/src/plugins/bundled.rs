@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use crate::loader::{Loader, Settings};
-use crate::registry::LoadReport;
+use crate::plugins::loader::{Loader, Settings};
+use crate::plugins::registry::LoadReport;
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
@@ -26,8 +26,8 @@ pub fn load(loader: &Loader) -> LoadReport {
                 match Settings::from_text(text, &settings_file) {
                     Ok(s) => s,
                     Err(reason) => {
-                        let reason = crate::error::Refusal::SettingsFile { file: settings_file, reason };
-                        report.refused.push(crate::error::LoadError { file: origin, reason });
+                        let reason = crate::plugins::error::Refusal::SettingsFile { file: settings_file, reason };
+                        report.refused.push(crate::plugins::error::LoadError { file: origin, reason });
                         continue;
                     }
                 }

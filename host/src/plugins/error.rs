@@ -1,46 +1,12 @@
-//! Typed errors of the library. Each says what failed and, where the operator
-//! can act, what to do.
+//! Errors of plugins: a file refused at load (and why, in words the
+//! operator can act on), a directory that cannot be read, a request a plugin
+//! could not answer.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::contract::Kind;
-
-/// The engine could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// wasmtime refused the configuration.
-    #[error("could not configure the WebAssembly engine: {0}")]
-    Config(String),
-}
-
-/// A call into a plugin failed. The plugin did not answer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CallError {
-    /// The call ran out of time (epoch or timer); the duration is what it
-    /// had when it started, the plugin's deadline less the time already
-    /// spent on the request (waiting for a call, reading the body).
-    #[error("ran past its deadline ({} ms were left for the call)", .0.as_millis())]
-    Deadline(Duration),
-    /// The guest asked for more memory than its cap.
-    #[error("exceeded its memory cap of {cap_mib} MiB")]
-    MemoryCap {
-        /// The cap, in MiB.
-        cap_mib: usize,
-    },
-    /// The guest trapped (a panic, `unreachable`, out-of-bounds access...).
-    #[error("trapped: {trap}{}", guest_said.as_ref().map(|s| format!(" (guest said: {s})")).unwrap_or_default())]
-    Trap {
-        /// The trap, as wasmtime reports it.
-        trap: String,
-        /// The guest's last line on stderr, e.g. its panic message.
-        guest_said: Option<String>,
-    },
-    /// The instance could not be created (pool exhausted, start trapped...).
-    #[error("could not be instantiated: {0}")]
-    Instantiate(String),
-}
+use crate::runtime::contract::Kind;
+use crate::runtime::error::CallError;
 
 /// A request could not be answered by a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +144,7 @@ pub enum Refusal {
     #[error("refused its settings: {message} ({settings})")]
     Settings {
         /// The plugin's own message, with what it quotes of the settings
-        /// redacted (see [`crate::redact`]).
+        /// redacted (see [`crate::plugins::redact`]).
         message: String,
         /// Where the settings came from, or where they were looked for.
         settings: String,

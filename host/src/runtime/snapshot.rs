@@ -13,10 +13,10 @@ use std::time::Duration;
 use wasmtime::component::{Component, Instance, Linker};
 use wasmtime::{Config, Engine, OptLevel, Store};
 
-use crate::contract::Kind;
-use crate::epoch::EpochTicker;
-use crate::error::CallError;
-use crate::sandbox::{self, Sandbox, StoreFactory};
+use crate::runtime::contract::Kind;
+use crate::runtime::epoch::EpochTicker;
+use crate::runtime::error::CallError;
+use crate::runtime::sandbox::{self, Sandbox, StoreFactory};
 
 /// Why no snapshot was made.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,9 @@ impl Snapshotter {
         config.wasm_component_model(true).epoch_interruption(true).cranelift_opt_level(OptLevel::None);
         // Instrumenting a new version of a plugin keeps most of its functions.
         config
-            .enable_incremental_compilation(std::sync::Arc::new(crate::compile_cache::FunctionCache::default()))
+            .enable_incremental_compilation(std::sync::Arc::new(
+                crate::runtime::function_cache::FunctionCache::default(),
+            ))
             .map_err(|e| format!("{e:#}"))?;
         let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
         let linker = sandbox::linker(&engine).map_err(|e| format!("{e:#}"))?;

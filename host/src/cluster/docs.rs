@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::contract::types::{LabelSelector, SelectorOperator, Webhook};
-use crate::metadata::PluginMetadata;
-use crate::metadata::{failure_policy_name, match_policy_name, side_effects_name};
-use crate::registry::Registry;
-use crate::summary::{rule_fields, subject_name};
+use crate::plugins::registry::Registry;
+use crate::plugins::summary::{rule_fields, subject_name};
+use crate::runtime::contract::types::{LabelSelector, SelectorOperator, Webhook};
+use crate::runtime::metadata::PluginMetadata;
+use crate::runtime::metadata::{failure_policy_name, match_policy_name, side_effects_name};
 
 /// Output format of `tollgate docs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

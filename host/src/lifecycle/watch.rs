@@ -14,7 +14,7 @@
 //! watch on the new one (logged at warn, counted in
 //! `tollgate_plugin_dir_rewatches_total`). While the directory is missing
 //! or empty, what was loaded from it keeps serving (see
-//! [`crate::summary::DirCondition`]), said in the log, `/plugins`, `/readyz` and the
+//! [`crate::plugins::summary::DirCondition`]), said in the log, `/plugins`, `/readyz` and the
 //! `tollgate_plugin_dir_missing` / `tollgate_plugin_dir_empty` gauges.
 
 use std::os::unix::fs::MetadataExt;

@@ -9,11 +9,11 @@ use serde::Deserialize;
 
 use crate::admission::decision;
 use crate::admission::review;
-use crate::contract::Kind;
-use crate::contract::types::{Identity, RequestHead};
-use crate::error::PluginError;
-use crate::plugin::{AllowCheck, Plugin};
-use crate::sandbox;
+use crate::plugins::error::PluginError;
+use crate::plugins::plugin::{AllowCheck, Plugin};
+use crate::runtime::contract::Kind;
+use crate::runtime::contract::types::{Identity, RequestHead};
+use crate::runtime::sandbox;
 use crate::state::CallBudget;
 
 /// Why an evaluation could not produce an answer.

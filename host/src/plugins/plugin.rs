@@ -1,6 +1,6 @@
 //! A loaded plugin: its compiled template, metadata and settings, and the
 //! typed calls the servers make into it. Calls run on the plugin's warm
-//! instances (see [`crate::instances`]).
+//! instances (see [`crate::runtime::instances`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use wasmtime::Store;
 
-use crate::contract::Kind;
-use crate::contract::types::{AdmissionRequest, AllowDecision, Identity, RequestHead, RouteDecision, Verdict};
-use crate::engine::Runtime;
-use crate::error::{CallError, PluginError};
-use crate::instances::{Guest, Instances};
-use crate::metadata::PluginMetadata;
-use crate::sandbox::{self, Sandbox};
+use crate::plugins::error::PluginError;
+use crate::runtime::contract::Kind;
+use crate::runtime::contract::types::{AdmissionRequest, AllowDecision, Identity, RequestHead, RouteDecision, Verdict};
+use crate::runtime::engine::Runtime;
+use crate::runtime::error::CallError;
+use crate::runtime::instances::{Guest, Instances};
+use crate::runtime::metadata::PluginMetadata;
+use crate::runtime::sandbox::{self, Sandbox};
 
 /// The least time kept between a plugin's deadline and its webhook timeout.
 const MIN_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
@@ -233,7 +234,7 @@ impl Plugin {
             // The message reaches the client (a denial's text): it must not
             // quote the settings, which may hold secrets.
             Ok(Err(message)) => {
-                let message = crate::redact::plugin_message(&message, &self.settings);
+                let message = crate::plugins::redact::plugin_message(&message, &self.settings);
                 Err(PluginError::Configure { plugin: self.name().to_string(), message })
             }
             Err(source) => Err(self.call_error(source)),

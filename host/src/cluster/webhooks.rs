@@ -6,7 +6,7 @@
 //! applies them to the cluster (the `sync` module).
 //!
 //! The metadata was already checked the way the API server checks it when
-//! the plugin loaded ([`crate::validation`]); what is checked here are the
+//! the plugin loaded ([`crate::plugins::validation`]); what is checked here are the
 //! options that are not the plugin's (domain, service, URL, CA bundle).
 
 use std::collections::BTreeMap;
@@ -19,10 +19,10 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 
-use crate::contract::types::{self, SelectorOperator, Webhook};
-use crate::metadata::{failure_policy_name, match_policy_name, operation_name, scope_name, side_effects_name};
-use crate::registry::Registry;
-use crate::validation::{is_dns1123_label, is_dns1123_subdomain};
+use crate::plugins::registry::Registry;
+use crate::plugins::validation::{is_dns1123_label, is_dns1123_subdomain};
+use crate::runtime::contract::types::{self, SelectorOperator, Webhook};
+use crate::runtime::metadata::{failure_policy_name, match_policy_name, operation_name, scope_name, side_effects_name};
 
 /// Default domain of webhook names: `<plugin>.tollgate.io` has the three
 /// dot-separated segments the API server wants.

@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::Kind;
-use crate::contract::types::{
+use crate::runtime::contract::Kind;
+use crate::runtime::contract::types::{
     AdmissionMetadata, AllowlistMetadata, FailurePolicy, MatchPolicy, Operation, PluginInfo, RouteMetadata, Scope,
     SideEffects, Webhook,
 };

@@ -13,10 +13,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use std::sync::Arc;
 
-use crate::contract::services;
-use crate::error::CallError;
-use crate::guest_output::GuestOutput;
-use crate::jwt::Verifier;
+use crate::runtime::contract::services;
+use crate::runtime::error::CallError;
+use crate::runtime::guest_output::GuestOutput;
+use crate::runtime::jwt::Verifier;
 
 /// The host state of one plugin call.
 pub struct Sandbox {

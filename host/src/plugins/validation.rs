@@ -3,8 +3,10 @@
 //! validation), plus Tollgate's own rules for names and routes, so a plugin
 //! the API server would reject is refused at load, not at deploy.
 
-use crate::contract::types::{LabelSelector, Operation, PluginInfo, RouteMatch, Rule, SelectorOperator, Webhook};
-use crate::metadata::PluginMetadata;
+use crate::runtime::contract::types::{
+    LabelSelector, Operation, PluginInfo, RouteMatch, Rule, SelectorOperator, Webhook,
+};
+use crate::runtime::metadata::PluginMetadata;
 
 /// Every problem found, each prefixed with the field it concerns. Empty when
 /// the metadata is valid.
@@ -302,7 +304,7 @@ mod tests {
 
     #[test]
     fn selectors() {
-        use crate::contract::types::LabelRequirement;
+        use crate::runtime::contract::types::LabelRequirement;
         let mut out = Problems::default();
         label_selector(
             &mut out,

@@ -8,13 +8,13 @@ use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::compile_cache::FunctionCache;
-use crate::epoch::EpochTicker;
-use crate::error::EngineError;
-use crate::instances::{IdleSlots, Pool};
-use crate::jwt::Verifier;
-use crate::sandbox::{self, Sandbox, StoreFactory};
-use crate::snapshot::Snapshotter;
+use crate::runtime::epoch::EpochTicker;
+use crate::runtime::error::EngineError;
+use crate::runtime::function_cache::FunctionCache;
+use crate::runtime::instances::{IdleSlots, Pool};
+use crate::runtime::jwt::Verifier;
+use crate::runtime::sandbox::{self, Sandbox, StoreFactory};
+use crate::runtime::snapshot::Snapshotter;
 
 /// Bytes of each memory and table kept resident between uses of a pool slot:
 /// covers a Rust guest's stack, data and a typical request's heap.
@@ -131,7 +131,7 @@ impl Runtime {
         self.snapshotter.as_ref()
     }
 
-    /// How instances are made and kept, for a plugin's [`crate::instances::Instances`].
+    /// How instances are made and kept, for a plugin's [`crate::runtime::instances::Instances`].
     pub(crate) fn pool(&self) -> &Arc<Pool> {
         &self.pool
     }

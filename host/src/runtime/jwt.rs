@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use crate::contract::services::{JwtAlgorithm, JwtError, JwtErrorKind, JwtKey, JwtPolicy};
+use crate::runtime::contract::services::{JwtAlgorithm, JwtError, JwtErrorKind, JwtKey, JwtPolicy};
 
 /// Verified tokens kept at most; the cache is emptied of expired entries,
 /// then cleared, when it is full.
@@ -613,13 +613,13 @@ mod tests {
 
     use super::*;
 
-    const RS_PUB: &str = include_str!("../../tests/data/jwt/client-rs256.pub.pem");
-    const RS_KEY: &str = include_str!("../../tests/data/jwt/client-rs256.key");
-    const ATTACKER_KEY: &str = include_str!("../../tests/data/jwt/attacker-rs256.key");
-    const ES_PUB: &str = include_str!("../../tests/data/jwt/client-es256.pub.pem");
-    const ES_KEY: &str = include_str!("../../tests/data/jwt/client-es256.key");
-    const ED_PUB: &str = include_str!("../../tests/data/jwt/client-ed25519.pub.pem");
-    const ED_KEY: &str = include_str!("../../tests/data/jwt/client-ed25519.key");
+    const RS_PUB: &str = include_str!("../../../tests/data/jwt/client-rs256.pub.pem");
+    const RS_KEY: &str = include_str!("../../../tests/data/jwt/client-rs256.key");
+    const ATTACKER_KEY: &str = include_str!("../../../tests/data/jwt/attacker-rs256.key");
+    const ES_PUB: &str = include_str!("../../../tests/data/jwt/client-es256.pub.pem");
+    const ES_KEY: &str = include_str!("../../../tests/data/jwt/client-es256.key");
+    const ED_PUB: &str = include_str!("../../../tests/data/jwt/client-ed25519.pub.pem");
+    const ED_KEY: &str = include_str!("../../../tests/data/jwt/client-ed25519.key");
 
     fn policy(keys: &[(JwtAlgorithm, &str)]) -> JwtPolicy {
         JwtPolicy {

@@ -2,28 +2,28 @@
 //! directory (or of the bundled plugins), every rescan after a file event,
 //! and the swap of what serves, in order against webhook sync.
 //!
-//! Data goes one way. The files are read by [`reload`] (what changed since
-//! the registry serving now); [`Lifecycle::apply`] logs and counts that,
+//! Data goes one way. The files are read by [`rescan`] (what changed since
+//! the registry serving now); `Lifecycle::apply` logs and counts that,
 //! records the directory's condition, and swaps the new registry in;
-//! [`HostState`] holds what requests read. [`crate::watch`] only says when
+//! [`HostState`] holds what requests read. [`crate::lifecycle::watch`] only says when
 //! to look again. The first load and every rescan go through the same
-//! [`Lifecycle::apply`], so they log, count and report alike.
+//! `Lifecycle::apply`, so they log, count and report alike.
+
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
-
-use crate::error::DirError;
-use crate::loader::Loader;
+use self::watch::DirWatch;
+use crate::cluster::sync::WebhookSync;
 use crate::metrics::ChangeLabels;
-use crate::registry::Registry;
-use crate::reload::{self, Changes, RefusalMemory};
+use crate::plugins::error::DirError;
+use crate::plugins::loader::Loader;
+use crate::plugins::registry::Registry;
+use crate::plugins::rescan::{self, Changes, RefusalMemory};
+use crate::plugins::summary::{DirCondition, DirStatus};
 use crate::state::HostState;
-use crate::summary::{DirCondition, DirStatus};
-use crate::sync::WebhookSync;
-use crate::watch::DirWatch;
 
 /// How long a swap that removes admission plugins waits for them to be
 /// unregistered before it stops serving them anyway (the API server is
@@ -111,7 +111,7 @@ impl Lifecycle {
 
     /// Rescans after every change `watch` sees until `shutdown` turns true.
     /// Call it once [`Lifecycle::load`] has served the first load.
-    pub async fn follow(mut self, mut watch: DirWatch, mut shutdown: watch::Receiver<bool>) {
+    pub async fn follow(mut self, mut watch: DirWatch, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         while watch.next_change(&mut shutdown).await {
             // Before the directory is read: a file written after this is
             // seen by the new watch, one written before by the read.
@@ -129,7 +129,7 @@ impl Lifecycle {
         let mut memory = std::mem::take(&mut self.memory);
         let scanned = tokio::task::spawn_blocking(move || {
             let result = match &dir {
-                Some(dir) => reload::rescan_remembering(&loader, dir, &current, &mut memory),
+                Some(dir) => rescan::rescan_remembering(&loader, dir, &current, &mut memory),
                 None => Ok(bundled(&loader)),
             };
             (result, memory)
@@ -225,7 +225,7 @@ enum Pass {
 
 /// The bundled plugins, as a rescan against nothing would report them.
 fn bundled(loader: &Loader) -> (Registry, Changes) {
-    let report = crate::bundled::load(loader);
+    let report = crate::plugins::bundled::load(loader);
     let added = report.registry.iter().cloned().collect();
     (report.registry, Changes { added, refused: report.refused, ..Changes::default() })
 }

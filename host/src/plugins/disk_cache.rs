@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::metadata::PluginMetadata;
+use crate::runtime::metadata::PluginMetadata;
 
 /// A cached plugin.
 pub struct Cached {

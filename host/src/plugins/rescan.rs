@@ -8,7 +8,7 @@
 //! refused for a lasting reason while the file (and its settings files)
 //! stay as they were: the refusal is listed again instead ([`RefusalMemory`]).
 //! And it does not empty the serving set because the directory went empty:
-//! see [`crate::summary::DirCondition::Empty`].
+//! see [`crate::plugins::summary::DirCondition::Empty`].
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -18,10 +18,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{DirError, LoadError};
-use crate::loader::{self, Loader, Settings};
-use crate::plugin::Plugin;
-use crate::registry::{LoadReport, Registry};
+use crate::plugins::error::{DirError, LoadError};
+use crate::plugins::loader::{self, Loader, Settings};
+use crate::plugins::plugin::Plugin;
+use crate::plugins::registry::{LoadReport, Registry};
 
 /// What a rescan changed, for logs and metrics.
 #[derive(Debug, Default)]
@@ -39,7 +39,7 @@ pub struct Changes {
     /// refused (not logged or counted again).
     pub still_refused: Vec<LoadError>,
     /// True when the directory held nothing and what served was kept (see
-    /// [`crate::summary::DirCondition::Empty`]).
+    /// [`crate::plugins::summary::DirCondition::Empty`]).
     pub kept_while_empty: bool,
 }
 
@@ -134,7 +134,7 @@ fn is_empty(dir: &Path) -> Result<bool, DirError> {
 /// remembered, so a second write of the same size is still read.
 const SETTLE: Duration = Duration::from_secs(1);
 
-/// Files refused for a lasting reason (see [`crate::error::Refusal::is_lasting`]),
+/// Files refused for a lasting reason (see [`crate::plugins::error::Refusal::is_lasting`]),
 /// with what they and their settings files looked like then. A rescan does
 /// not read such a file again while that stays the same: a 117 MB settings
 /// file was once read again at every rescan, only to be refused again.

@@ -14,10 +14,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::decision::{self, Decision, Failure};
 use crate::admission::review::{self, Request as ReviewRequest};
-use crate::contract::types;
 use crate::listener::text;
 use crate::metrics::{DecisionLabels, FailureLabels, PluginLabels, RejectLabels};
-use crate::plugin::Plugin;
+use crate::plugins::plugin::Plugin;
+use crate::runtime::contract::types;
 use crate::state::{Budget, HostState};
 use crate::throttle::Throttle;
 
@@ -87,7 +87,7 @@ pub async fn handle(
     let started = Instant::now();
     match req.uri().path() {
         "/healthz" => return text(200, "ok"),
-        "/readyz" => return super::readyz(&state, req.uri().query()),
+        "/readyz" => return crate::status::readyz(&state, req.uri().query()),
         _ => {}
     }
     let plugin = match admissible(&state, &limits, peer, &req) {

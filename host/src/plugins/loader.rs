@@ -13,17 +13,18 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre};
 
-use crate::cache::CodeCache;
-use crate::contract::{self, Kind};
-use crate::engine::Runtime;
-use crate::error::{CallError, DirError, LoadError, Refusal, SettingsError};
-use crate::instances::{Exports, Instances};
-use crate::metadata::PluginMetadata;
-use crate::plugin::Plugin;
-use crate::redact;
-use crate::sandbox::{self, Sandbox};
-use crate::snapshot::SnapshotError;
-use crate::validation;
+use crate::plugins::disk_cache::CodeCache;
+use crate::plugins::error::{DirError, LoadError, Refusal, SettingsError};
+use crate::plugins::plugin::Plugin;
+use crate::plugins::redact;
+use crate::plugins::validation;
+use crate::runtime::contract::{self, Kind};
+use crate::runtime::engine::Runtime;
+use crate::runtime::error::CallError;
+use crate::runtime::instances::{Exports, Instances};
+use crate::runtime::metadata::PluginMetadata;
+use crate::runtime::sandbox::{self, Sandbox};
+use crate::runtime::snapshot::SnapshotError;
 
 /// Extension of plugin files.
 pub const PLUGIN_EXTENSION: &str = "wasm";

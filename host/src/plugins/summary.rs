@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::contract::types::{Rule, SubjectKind, Webhook};
-use crate::metadata::PluginMetadata;
-use crate::metadata::{failure_policy_name, operation_name, scope_name};
-use crate::plugin::Plugin;
-use crate::registry::LoadReport;
+use crate::plugins::plugin::Plugin;
+use crate::plugins::registry::LoadReport;
+use crate::runtime::contract::types::{Rule, SubjectKind, Webhook};
+use crate::runtime::metadata::PluginMetadata;
+use crate::runtime::metadata::{failure_policy_name, operation_name, scope_name};
 
 /// One loaded plugin.
 #[derive(Debug, Serialize)]
@@ -45,7 +45,7 @@ impl<'a> From<&'a Plugin> for PluginSummary<'a> {
             version: p.version(),
             file: p.origin().display().to_string(),
             sha256: p.hash(),
-            contract: format!("{}@{}", crate::contract::PACKAGE, p.contract_version()),
+            contract: format!("{}@{}", crate::runtime::contract::PACKAGE, p.contract_version()),
             settings_file: p.settings_file().map(|f| f.display().to_string()),
             admission_path: p.metadata().admission_path(),
             loaded_at: p.loaded_at().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -64,7 +64,7 @@ pub struct RefusalSummary {
     pub reason: String,
     /// Why, in the host's words only, without what the plugin itself wrote:
     /// what the unauthenticated `/plugins` page shows unless
-    /// `--plugins-detail` is given (see [`crate::error::Refusal::host_words`]).
+    /// `--plugins-detail` is given (see [`crate::plugins::error::Refusal::host_words`]).
     #[serde(skip)]
     pub host_words: String,
 }
@@ -78,8 +78,8 @@ impl RefusalSummary {
     }
 }
 
-impl From<&crate::error::LoadError> for RefusalSummary {
-    fn from(refused: &crate::error::LoadError) -> Self {
+impl From<&crate::plugins::error::LoadError> for RefusalSummary {
+    fn from(refused: &crate::plugins::error::LoadError) -> Self {
         Self {
             file: refused.file.display().to_string(),
             reason: refused.reason.to_string(),

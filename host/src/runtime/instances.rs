@@ -21,10 +21,10 @@ use wasmtime::AsContextMut;
 use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre};
 
-use crate::contract::{Kind, admission, allowlist, route};
-use crate::error::CallError;
-use crate::metadata::PluginMetadata;
-use crate::sandbox::{self, Sandbox, StoreFactory};
+use crate::runtime::contract::{Kind, admission, allowlist, route};
+use crate::runtime::error::CallError;
+use crate::runtime::metadata::PluginMetadata;
+use crate::runtime::sandbox::{self, Sandbox, StoreFactory};
 
 /// Growth of an instance's memory past its size when made after which it is
 /// not reused: its pages stay dirty while idle, and growth that keeps going

@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::contract::Kind;
-use crate::error::{LoadError, Refusal};
-use crate::plugin::Plugin;
+use crate::plugins::error::{LoadError, Refusal};
+use crate::plugins::plugin::Plugin;
+use crate::runtime::contract::Kind;
 
 /// Loaded plugins by name.
 #[derive(Debug, Clone, Default)]

@@ -38,11 +38,11 @@ use kube::core::ClusterResourceScope;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::cluster::webhooks::{self, GenerateError, MANAGER, WebhookConfigs, WebhookOptions};
 use crate::metrics::SyncMetrics;
-use crate::registry::Registry;
-use crate::summary::SyncHealth;
+use crate::plugins::registry::Registry;
+use crate::plugins::summary::SyncHealth;
 use crate::throttle::Throttle;
-use crate::webhooks::{self, GenerateError, MANAGER, WebhookConfigs, WebhookOptions};
 
 /// First retry delay; doubled after each failure up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
