@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-mod guests {
-    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
-}
+use tollgate_test_artifacts as guests;
 
 const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
 

@@ -12,9 +12,7 @@ use tollgate::plugins::loader::{Loader, Settings};
 use tollgate::runtime::engine::{EngineOptions, Runtime};
 use wasmtime::component::Component;
 
-mod guests {
-    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
-}
+use tollgate_test_artifacts as guests;
 
 #[path = "../examples/native_admission_server/native_pod.rs"]
 mod native_pod;

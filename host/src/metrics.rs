@@ -217,7 +217,11 @@ impl Default for Metrics {
         );
         registry.register("plugin_loads", "Plugin files loaded or refused", plugin_loads.clone());
         registry.register("plugins", "Plugins serving", plugins.clone());
-        registry.register("plugin_changes", "Plugins added, swapped or removed while serving", plugin_changes.clone());
+        registry.register(
+            "plugin_changes",
+            "Plugins added (the first load adds each plugin it serves), swapped or removed",
+            plugin_changes.clone(),
+        );
         registry.register("plugin_rescans", "Rescans of the plugin directory", plugin_rescans.clone());
         registry.register("webhook_syncs", "Attempts to apply webhook configurations", webhook_syncs.clone());
         registry.register(

@@ -14,9 +14,7 @@ use tollgate::plugins::plugin::Plugin;
 use tollgate::runtime::engine::{EngineOptions, Runtime};
 use tollgate::state::CallBudget;
 
-mod guests {
-    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
-}
+use tollgate_test_artifacts as guests;
 
 /// A misbehave guest (`Fail` policy, or `Ignore` for `misbehave-ignore`)
 /// told to `validate` this way.

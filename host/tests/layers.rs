@@ -152,3 +152,25 @@ fn the_runtime_knows_nothing_above_it() {
     let runtime = &layers["runtime"];
     assert!(runtime.is_empty(), "the Wasm runtime imports {runtime:?}");
 }
+
+/// The binary's build (`cargo build --release`) does not depend on the test
+/// guests: only `tests/artifacts`, a dev-dependency, builds them.
+#[test]
+fn release_builds_compile_no_test_guest() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let tree = |edges: &str| {
+        let output = std::process::Command::new(&cargo)
+            .args(["tree", "--offline", "--prefix", "none", "-e", edges, "--manifest-path"])
+            .arg(&manifest)
+            .args(["-p", "tollgate"])
+            .output()
+            .expect("run cargo tree");
+        assert!(output.status.success(), "cargo tree: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let release = tree("normal,build");
+    assert!(release.contains("tollgate-guest-build"), "{release}");
+    assert!(!release.contains("tollgate-test-artifacts"), "a release build would build the test guests:\n{release}");
+    assert!(tree("dev").contains("tollgate-test-artifacts"), "the tests get their guests elsewhere");
+}

@@ -19,9 +19,7 @@ use tollgate::runtime::engine::{EngineOptions, Runtime};
 use tollgate::runtime::error::CallError;
 use tollgate::runtime::metadata::PluginMetadata;
 
-mod guests {
-    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
-}
+use tollgate_test_artifacts as guests;
 
 /// The settings namespace-validation ships with.
 const GUARD_SETTINGS: &str = include_str!("../../plugins/namespace-validation/namespace-validation.settings.json");

@@ -11,9 +11,7 @@ use tollgate::plugins::loader::{Loader, Settings};
 use tollgate::plugins::registry::Registry;
 use tollgate::runtime::engine::{EngineOptions, Runtime};
 
-mod guests {
-    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
-}
+use tollgate_test_artifacts as guests;
 
 /// A registry of `guests`, each with its settings (JSON).
 fn registry(guests: &[(&str, &str)]) -> Registry {
