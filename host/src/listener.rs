@@ -294,17 +294,7 @@ pub async fn serve<H, F, B>(
     loop {
         tokio::select! {
             accepted = socket.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(listener = listener.name, %error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Some(slot) = listener.admit(peer) else { continue };
-                let _ = tcp.set_nodelay(true);
+                let Some((tcp, peer, slot)) = admitted(&listener, accepted).await else { continue };
                 let task = Task {
                     listener: listener.clone(),
                     builder: builder.clone(),
@@ -322,6 +312,26 @@ pub async fn serve<H, F, B>(
     if tokio::time::timeout(DRAIN_TIMEOUT, open_rx.recv()).await.is_err() {
         tracing::warn!(listener = listener.name, "in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
     }
+}
+
+/// A connection just accepted, with its place under the listener's caps;
+/// `None` when accepting failed (out of file descriptors and the like: it
+/// backs off, and the listener keeps serving) or a cap refused it.
+async fn admitted(
+    listener: &Arc<Listener>,
+    accepted: std::io::Result<(TcpStream, SocketAddr)>,
+) -> Option<(TcpStream, SocketAddr, Slot)> {
+    let (tcp, peer) = match accepted {
+        Ok(conn) => conn,
+        Err(error) => {
+            tracing::warn!(listener = listener.name, %error, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return None;
+        }
+    };
+    let slot = listener.admit(peer)?;
+    let _ = tcp.set_nodelay(true);
+    Some((tcp, peer, slot))
 }
 
 /// One connection, from accept to close.
@@ -412,28 +422,10 @@ where
                     }
                     return;
                 }
-                _ = tokio::time::sleep_until(wake) => match closing {
-                    Some(Closing { at_shutdown: true, .. }) => {
-                        self.listener.closed("drain_timeout");
-                        return;
-                    }
-                    // A request that arrived as the connection went idle
-                    // finishes (and a response the client reads again
-                    // goes on); a head that never completed does not.
-                    Some(ref mut idle) if activity.expired(&limits).is_none() => idle.by = activity.expires(&limits),
-                    Some(_) => return,
-                    None => match activity.expired(&limits) {
-                        None => {}
-                        Some(reason @ "header_timeout") => {
-                            self.listener.closed(reason);
-                            return;
-                        }
-                        Some(reason) => {
-                            self.listener.closed(reason);
-                            conn.as_mut().graceful_shutdown();
-                            closing = Some(Closing { by: Instant::now() + limits.header_timeout, at_shutdown: false });
-                        }
-                    },
+                _ = tokio::time::sleep_until(wake) => match self.listener.on_timer(&mut closing, &activity) {
+                    Timer::Keep => {}
+                    Timer::Close => conn.as_mut().graceful_shutdown(),
+                    Timer::Drop => return,
                 },
                 _ = self.shutdown.changed(), if !closing.as_ref().is_some_and(|c| c.at_shutdown) => {
                     if closing.is_none() {
@@ -442,6 +434,51 @@ where
                     closing = Some(Closing { by: Instant::now() + DRAIN_TIMEOUT, at_shutdown: true });
                 }
             }
+        }
+    }
+}
+
+/// What a connection does when its timer fires.
+enum Timer {
+    /// Goes on (a request under way, or not idle yet).
+    Keep,
+    /// Is asked to close gracefully.
+    Close,
+    /// Is dropped.
+    Drop,
+}
+
+impl Listener {
+    /// What a connection whose timer fired does, counting why it closes:
+    /// past the drain at shutdown it is dropped; asked to close while idle,
+    /// a request that arrived meanwhile finishes (and a response the client
+    /// reads again goes on) while a head that never completed does not;
+    /// otherwise an expired header timeout drops it and an idle one asks it
+    /// to close by the header timeout.
+    fn on_timer(&self, closing: &mut Option<Closing>, activity: &Activity) -> Timer {
+        let limits = &self.limits;
+        match closing {
+            Some(Closing { at_shutdown: true, .. }) => {
+                self.closed("drain_timeout");
+                Timer::Drop
+            }
+            Some(idle) if activity.expired(limits).is_none() => {
+                idle.by = activity.expires(limits);
+                Timer::Keep
+            }
+            Some(_) => Timer::Drop,
+            None => match activity.expired(limits) {
+                None => Timer::Keep,
+                Some(reason @ "header_timeout") => {
+                    self.closed(reason);
+                    Timer::Drop
+                }
+                Some(reason) => {
+                    self.closed(reason);
+                    *closing = Some(Closing { by: Instant::now() + limits.header_timeout, at_shutdown: false });
+                    Timer::Close
+                }
+            },
         }
     }
 }

@@ -77,7 +77,8 @@ impl ReviewLimits {
 /// repeats a write that fails this way.
 static TOO_LARGE_LOG: Throttle = Throttle::new(10);
 
-/// Answers one request on the admission listener.
+/// Answers one request on the admission listener: a probe, or a review
+/// for a plugin's path (checked, read, parsed, then decided).
 pub async fn handle(
     state: Arc<HostState>,
     limits: Arc<ReviewLimits>,
@@ -92,50 +93,72 @@ pub async fn handle(
     }
     let plugin = match admissible(&state, &limits, peer, &req) {
         Ok(plugin) => plugin,
-        Err(rejection) => {
-            // Read what the client sends (up to the cap) before answering.
-            // Over HTTP/2 an answer given mid-upload is followed by a
-            // RST_STREAM(NO_ERROR), as RFC 9113 8.1 allows, but curl 7.88
-            // (Debian 12's, which operators debug with) then reports error
-            // 92 and drops the status and the reason.
-            if rejection.status() != 413 {
-                drain(req.into_body(), limits.max_bytes).await;
-            }
-            return *rejection;
-        }
+        Err(rejection) => return refuse(req.into_body(), &limits, *rejection).await,
     };
-    let declared = content_length(&req);
     let give_up = tokio::time::Instant::from_std(started) + plugin.call_deadline();
-    let (body, _held) = match read_body(req.into_body(), &limits, declared, give_up).await {
-        Ok(read) => read,
-        Err(BodyError::TooLarge(size)) => return too_large(&state, &limits, &plugin, peer, size),
-        Err(BodyError::Busy) => {
-            return reject(
-                &state,
-                503,
-                "busy",
-                "too many large reviews in memory at once (--max-review-memory-mib); try again",
-            );
-        }
-        Err(BodyError::Slow) => {
-            return reject(&state, 408, "slow_body", "the body did not arrive before the plugin's deadline");
-        }
-        Err(BodyError::Read(error)) => {
-            return reject(&state, 400, "bad_body", &format!("could not read the body: {error}"));
-        }
-    };
-    let review = match review::parse_review(&body) {
-        Ok(review) => review,
-        Err(error) => return reject(&state, 400, "bad_review", &error.to_string()),
-    };
-    let request = match review::to_contract(&review) {
-        Ok(request) => request,
-        Err(error) => return reject(&state, 400, "bad_review", &error.to_string()),
-    };
     // The body's share of the budget (`_held`) is held until the answer:
     // the parsed review and the plugin's copy (not counted, about as large
     // again) live until then.
+    let (review, request, _held) = match read_review(&state, &limits, &plugin, peer, req, give_up).await {
+        Ok(read) => read,
+        Err(rejection) => return *rejection,
+    };
     decide(&state, plugin, &review, request, started).await
+}
+
+/// Answers `rejection` to a request that will not be read.
+async fn refuse(body: Incoming, limits: &ReviewLimits, rejection: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    // Read what the client sends (up to the cap) before answering. Over
+    // HTTP/2 an answer given mid-upload is followed by a RST_STREAM(NO_ERROR),
+    // as RFC 9113 8.1 allows, but curl 7.88 (Debian 12's, which operators
+    // debug with) then reports error 92 and drops the status and the reason.
+    if rejection.status() != 413 {
+        drain(body, limits.max_bytes).await;
+    }
+    rejection
+}
+
+/// A review read off the wire: the parsed review, the plugin's request,
+/// and the share of the memory budget its body holds.
+type ReadReview = (ReviewRequest, types::AdmissionRequest, Option<OwnedSemaphorePermit>);
+
+/// Reads and parses the review of `req` for `plugin`, by `give_up`; the
+/// rejection to answer when it cannot be.
+async fn read_review(
+    state: &HostState,
+    limits: &ReviewLimits,
+    plugin: &Plugin,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    give_up: tokio::time::Instant,
+) -> Result<ReadReview, Box<Response<Full<Bytes>>>> {
+    let declared = content_length(&req);
+    let (body, held) = match read_body(req.into_body(), limits, declared, give_up).await {
+        Ok(read) => read,
+        Err(error) => return Err(Box::new(unread(state, limits, plugin, peer, error))),
+    };
+    let bad_review = |error: String| Box::new(reject(state, 400, "bad_review", &error));
+    let review = review::parse_review(&body).map_err(|e| bad_review(e.to_string()))?;
+    let request = review::to_contract(&review).map_err(|e| bad_review(e.to_string()))?;
+    Ok((review, request, held))
+}
+
+/// The answer to a body that could not be read.
+fn unread(
+    state: &HostState,
+    limits: &ReviewLimits,
+    plugin: &Plugin,
+    peer: SocketAddr,
+    error: BodyError,
+) -> Response<Full<Bytes>> {
+    match error {
+        BodyError::TooLarge(size) => too_large(state, limits, plugin, peer, size),
+        BodyError::Busy => {
+            reject(state, 503, "busy", "too many large reviews in memory at once (--max-review-memory-mib); try again")
+        }
+        BodyError::Slow => reject(state, 408, "slow_body", "the body did not arrive before the plugin's deadline"),
+        BodyError::Read(error) => reject(state, 400, "bad_body", &format!("could not read the body: {error}")),
+    }
 }
 
 /// Why a body was not read.

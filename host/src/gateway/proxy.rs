@@ -190,33 +190,7 @@ impl Upstreams {
         *req.uri_mut() = uri;
         // Upstreams speak HTTP/1.1 whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
-        // The response timeout starts once the request body is sent: a
-        // large upload is not a slow upstream. Meanwhile the upstream must
-        // keep taking the body: one that stops reading for the response
-        // timeout has timed out too.
-        let (sent_tx, sent) = tokio::sync::oneshot::channel();
-        let early_end = hyper::body::Body::is_end_stream(req.body());
-        let taken = Arc::new(Taken::new());
-        let req = req.map(|body| SignalEnd { inner: body, sent: Some(sent_tx), taken: taken.clone() }.boxed());
-        let request = self.client.request(req);
-        tokio::pin!(request);
-        let early = if early_end {
-            None
-        } else {
-            tokio::select! {
-                response = &mut request => Some(response),
-                _ = sent => None,
-                _ = taken.stops_for(self.options.response_timeout) => return Err(UpstreamError::Timeout),
-            }
-        };
-        let result = match early {
-            Some(response) => response,
-            None => match tokio::time::timeout(self.options.response_timeout, request).await {
-                Ok(response) => response,
-                Err(_) => return Err(UpstreamError::Timeout),
-            },
-        };
-        let response = match result {
+        let response = match self.send(req).await? {
             Err(error) if error.is_connect() => return Err(UpstreamError::Connect),
             Err(error) if let Some(&slow) = stalled(&error) => return Err(UpstreamError::SlowBody(slow)),
             Err(error) => {
@@ -229,7 +203,33 @@ impl Upstreams {
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
     }
+
+    /// Sends `req` and waits for the response head, or times out.
+    ///
+    /// The response timeout starts once the request body is sent: a large
+    /// upload is not a slow upstream. Meanwhile the upstream must keep
+    /// taking the body: one that stops reading for the response timeout has
+    /// timed out too.
+    async fn send(&self, req: Request<Body>) -> Result<ClientResult, UpstreamError> {
+        let (sent_tx, sent) = tokio::sync::oneshot::channel();
+        let early_end = hyper::body::Body::is_end_stream(req.body());
+        let taken = Arc::new(Taken::new());
+        let req = req.map(|body| SignalEnd { inner: body, sent: Some(sent_tx), taken: taken.clone() }.boxed());
+        let request = self.client.request(req);
+        tokio::pin!(request);
+        if !early_end {
+            tokio::select! {
+                response = &mut request => return Ok(response),
+                _ = sent => {}
+                _ = taken.stops_for(self.options.response_timeout) => return Err(UpstreamError::Timeout),
+            }
+        }
+        tokio::time::timeout(self.options.response_timeout, request).await.map_err(|_| UpstreamError::Timeout)
+    }
 }
+
+/// What the upstream client gives back for a request.
+type ClientResult = Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>;
 
 /// A request body that says when it has been sent to the end (or dropped),
 /// and when the upstream connection last asked for more of it.
@@ -379,9 +379,15 @@ pub fn rewrite_request_headers(
             headers.insert(name, value);
         }
     }
-    let prior = prior.filter(|c| !c.is_empty());
-    // A client's own copy is gone (above); one here came from a trusted
-    // proxy or the route.
+    set_forwarding(headers, prior.filter(|c| !c.is_empty()), client);
+}
+
+/// Sets `X-Real-IP`, `X-Forwarded-For` (`prior`, a trusted proxy's chain,
+/// extended with the peer), `-Proto` and `-Host`, keeping those a trusted
+/// proxy or the route already set.
+fn set_forwarding(headers: &mut HeaderMap, prior: Option<String>, client: &ClientFacts<'_>) {
+    // A client's own copy is gone; one here came from a trusted proxy or the
+    // route.
     if !headers.contains_key("x-real-ip")
         && let Ok(value) = HeaderValue::from_str(&client.peer.to_string())
     {
