@@ -3,10 +3,11 @@
 # .cargo/config.toml): makes sure the wasm32-wasip2 standard library is
 # installed before anything compiles.
 #
-# Why: every build compiles the plugins and test guests for wasm32-wasip2
-# (host/build.rs). rust-toolchain.toml lists the target, but rustup does not
-# add a missing target to an installed toolchain when RUSTUP_AUTO_INSTALL=0,
-# and cargo runs host/build.rs near the end of a clean build (it starts the
+# Why: every build compiles the plugins for wasm32-wasip2 (host/build.rs),
+# and every test build the test guests too (tests/artifacts/build.rs).
+# rust-toolchain.toml lists the target, but rustup does not add a missing
+# target to an installed toolchain when RUSTUP_AUTO_INSTALL=0, and cargo runs
+# those build scripts near the end of a clean build (it starts the
 # units that most others wait for first), so a missing target used to fail the
 # build after ~13 minutes of compiling (issue 14).
 #
@@ -24,7 +25,8 @@
 #
 # Cargo caches the probe's answer in <target dir>/.rustc_info.json, so this
 # check runs once per target directory (and again when the compiler or this
-# file changes), not on every build. host/build.rs repeats it for builds that
+# file changes), not on every build. The build scripts repeat it
+# (host/guest-build) for builds that
 # do not use this wrapper (RUSTC_WRAPPER set, cargo started outside the
 # workspace).
 #
@@ -108,7 +110,7 @@ cat >&2 <<EOF
 error: the $target standard library is not installed for $rustc
 (no libcore in ${libdir:-its target-libdir}), and $reason
 Tollgate compiles its plugins and test guests to WebAssembly for $target
-(host/build.rs), so every build of this workspace needs it. Install it, then
+(host/build.rs, tests/artifacts/build.rs), so every build of this workspace needs it. Install it, then
 run cargo again:
 
     $install

@@ -369,6 +369,47 @@ async fn plugins_added_changed_and_removed_are_applied_in_order() {
     assert!(metrics.contains("tollgate_webhook_syncs_total{result=\"applied\"}"), "{metrics}");
 }
 
+/// A file that now declares another name (a new version renamed, or a
+/// different plugin copied over it): the old name is unregistered while it
+/// still serves, and the new one registered once it serves, as for a
+/// removed file and an added one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_renamed_in_its_file_is_unregistered_before_it_stops_serving() {
+    let api = ApiServer::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    let echo = Some(r#"{"validate": "echo"}"#);
+    install(plugins.path(), "x", guests::MISBEHAVE, echo);
+    let server = serve_synced(&api, scratch.path(), plugins.path());
+    api.probe(&server);
+    until(&api, VALIDATING, "misbehave registered", |o| names(o) == webhook_names(&["misbehave"])).await;
+
+    // Written beside, then renamed over it: the rescan sees the whole file.
+    install(plugins.path(), "next", guests::MISBEHAVE_IGNORE, None);
+    std::fs::rename(plugins.path().join("next.wasm"), plugins.path().join("x.wasm")).unwrap();
+    until(&api, VALIDATING, "misbehave-ignore registered in its place", |o| {
+        names(o) == webhook_names(&["misbehave-ignore"])
+    })
+    .await;
+
+    // The fake stores a write before it calls the paths: wait for the calls
+    // (the old path: once when registered, once when dropped).
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let probed = |path: &str| api.probes().iter().filter(|(p, _)| p == path).count();
+    while probed("/validate/misbehave") < 2 || probed("/validate/misbehave-ignore") < 1 {
+        assert!(
+            Instant::now() < give_up,
+            "the old path was not dropped, or the new one not called: {:?}",
+            api.probes()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let probes = api.probes();
+    for (path, code) in &probes {
+        assert_eq!(*code, 200, "{path} answered {code} while registered: {probes:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_api_server_is_retried_and_never_stops_the_host() {
     let api = ApiServer::start().await;

@@ -10,11 +10,12 @@
 //! * [`plugins`]: a plugin file checked, compiled (kept in the on-disk
 //!   cache) and loaded; the registry of plugins; a directory rescanned
 //!   against what serves; the bundled reference plugins.
+//! * [`metrics`] and [`throttle`] (rate limits for log lines clients cause).
 //! * [`cluster`]: the cluster side, generated from plugin metadata: webhook
 //!   configurations, docs, and keeping the cluster's configurations in step.
-//! * [`metrics`], [`throttle`], [`state`] (what requests read: the registry
-//!   serving now, call budgets, readiness), [`listener`] (the accept loop
-//!   every listener shares) and [`tls`].
+//! * [`state`] (what requests read: the registry serving now, call budgets,
+//!   readiness), [`listener`] (the accept loop every listener shares) and
+//!   [`tls`].
 //! * [`lifecycle`]: the one owner of what serves: the first load, rescans
 //!   after file events, and the swap, in order against webhook sync.
 //! * [`admission`]: the AdmissionReview format and the decision on a review

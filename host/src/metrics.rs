@@ -145,7 +145,7 @@ pub struct Metrics {
     pub plugin_loads: Family<LoadLabels, Counter>,
     /// Plugins serving, by kind.
     pub plugins: Family<KindLabels, Gauge>,
-    /// Plugins added, swapped or removed while serving.
+    /// Plugins added (the first load adds each it serves), swapped or removed.
     pub plugin_changes: Family<ChangeLabels, Counter>,
     /// Rescans of the plugin directory (after file events, and periodically).
     pub plugin_rescans: Counter,

@@ -37,7 +37,8 @@ fn modules(src: &Path) -> Vec<(String, PathBuf)> {
 
 /// The module paths a file names: each `crate::a::b...` (and `super::b`,
 /// relative to `parent`), as its first two segments; `crate::{a, b::c}`
-/// names `a` and `b::c`.
+/// names `a` and `b::c`, `super::{b, c}` both. Comments count too: a doc
+/// link is a dependency a reader follows.
 fn named(text: &str, parent: &str) -> BTreeSet<String> {
     let ident = |s: &str| -> String { s.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect() };
     let path_at = |rest: &str| -> String {
@@ -63,9 +64,16 @@ fn named(text: &str, parent: &str) -> BTreeSet<String> {
     }
     if !parent.is_empty() {
         for (at, _) in text.match_indices("super::") {
-            let name = ident(&text[at + "super::".len()..]);
-            if !name.is_empty() {
-                names.insert(format!("{parent}::{name}"));
+            let rest = &text[at + "super::".len()..];
+            let items: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group.split('}').next().unwrap_or_default().split(',').collect(),
+                None => vec![rest],
+            };
+            for item in items {
+                let name = ident(item.trim_start());
+                if !name.is_empty() {
+                    names.insert(format!("{parent}::{name}"));
+                }
             }
         }
     }

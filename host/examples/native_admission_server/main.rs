@@ -57,7 +57,7 @@ async fn main() {
                     Ok(r) => r,
                     Err(e) => return text(400, e.to_string()),
                 };
-                // As the host does before a plugin call (serve/admission.rs).
+                // As the host does before a plugin call (admission/listener.rs).
                 tokio::task::yield_now().await;
                 let mut response = AdmissionResponse::from(&review);
                 if let Err((code, message)) = policy.decide(&request) {

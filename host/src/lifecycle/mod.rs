@@ -151,7 +151,7 @@ impl Lifecycle {
             return;
         }
         let had = self.state.registry().len();
-        self.swap(next, !changes.removed.is_empty()).await;
+        self.swap(next).await;
         let serving = self.state.registry().len();
         if pass == Pass::Rescan {
             tracing::info!(plugins = serving, elapsed_ms = started.elapsed().as_millis() as u64, "registry swapped");
@@ -192,17 +192,19 @@ impl Lifecycle {
     }
 
     /// Serves `next` from the next request on, keeping the webhook
-    /// configurations in step when syncing: when plugins go away
-    /// (`removes`), they are unregistered first (waiting up to
-    /// [`UNREGISTER_WAIT`]), so the API server stops calling them before
-    /// they stop answering; what is new is registered once it serves.
-    async fn swap(&self, next: Registry, removes: bool) {
+    /// configurations in step when syncing: plugins whose name goes away
+    /// (their file removed, or a file that now declares another name) are
+    /// unregistered first (waiting up to [`UNREGISTER_WAIT`]), so the API
+    /// server stops calling them before they stop answering; what is new is
+    /// registered once it serves.
+    async fn swap(&self, next: Registry) {
         let Some(sync) = &self.sync else {
             self.state.install(next);
             return;
         };
-        if removes {
-            let staying = self.state.registry().filtered(|p| next.get(p.name()).is_some());
+        let current = self.state.registry();
+        if current.iter().any(|p| next.get(p.name()).is_none()) {
+            let staying = current.filtered(|p| next.get(p.name()).is_some());
             if let Some(generation) = sync.want(&staying)
                 && !sync.wait_applied(generation, UNREGISTER_WAIT).await
             {

@@ -1,7 +1,7 @@
-//! Time for guests: the engine's epoch, advanced by a plain thread, and
-//! deadlines counted in its ticks. A call is given a deadline by setting how
-//! many ticks it may run; the serving engine and the snapshot engine each
-//! tick their own.
+//! Time for guests: the engine's epoch, advanced by a plain thread. At each
+//! tick a running guest yields and its store checks the call's deadline
+//! (`sandbox`); the serving engine and the snapshot engine each tick their
+//! own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,12 +15,6 @@ use wasmtime::Engine;
 /// thread: at 2 ms that cost an idle-ish server a few µs per request (more
 /// context switches and migrations), and deadlines are hundreds of ms.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// Converts a deadline into epoch ticks, rounding up, at least one.
-pub fn deadline_ticks(deadline: Duration) -> u64 {
-    let ticks = deadline.as_micros().div_ceil(EPOCH_TICK.as_micros());
-    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
-}
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped. A plain
 /// thread, not a task, so a busy async runtime cannot delay a deadline.
@@ -52,18 +46,5 @@ impl Drop for EpochTicker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{EPOCH_TICK, deadline_ticks};
-    use std::time::Duration;
-
-    #[test]
-    fn deadlines_round_up_to_whole_ticks() {
-        assert_eq!(deadline_ticks(Duration::ZERO), 1);
-        assert_eq!(deadline_ticks(EPOCH_TICK), 1);
-        assert_eq!(deadline_ticks(EPOCH_TICK + Duration::from_micros(1)), 2);
     }
 }

@@ -110,7 +110,11 @@ impl Snapshotter {
             let mut state = wasmtime_wizer::WasmtimeWizerComponent { store, instance };
             wizer.snapshot_component(&context, &mut state).await
         });
-        read_back.await.map_err(|e| SnapshotError::Unsupported(e.to_string()))
+        read_back.await.map_err(|error| match error {
+            // Wizer's own failure, not a trap of the plugin's: say what it is.
+            CallError::Trap { trap, .. } => SnapshotError::Unsupported(trap),
+            other => SnapshotError::Unsupported(other.to_string()),
+        })
     }
 
     async fn call_configure(
