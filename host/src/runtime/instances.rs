@@ -178,10 +178,8 @@ impl Instances {
         };
         // Making the instance counts against the call's deadline.
         let left = deadline.saturating_sub(started.elapsed());
-        let max_memory = self.pool.stores.max_memory();
         let guest = &warm.guest;
-        let result =
-            sandbox::run(&mut warm.store, left, deadline, max_memory, async |store| f(store, guest).await).await;
+        let result = sandbox::run(&mut warm.store, left, deadline, async |store| f(store, guest).await).await;
         if result.is_ok() && self.reuse {
             warm.calls += 1;
             self.keep(warm);

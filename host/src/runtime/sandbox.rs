@@ -135,11 +135,6 @@ impl StoreFactory {
         Self { engine, max_memory, verifier }
     }
 
-    /// The memory cap of each instance, in bytes.
-    pub fn max_memory(&self) -> usize {
-        self.max_memory
-    }
-
     /// A store for one instance of `plugin`.
     pub(crate) fn store(&self, plugin: &str) -> Store<Sandbox> {
         new_store(&self.engine, Sandbox::new(plugin, self.max_memory, self.verifier.clone()))
@@ -174,23 +169,22 @@ pub(crate) async fn instantiate(
     end_call(&store);
     match made {
         Ok(instance) => Ok((store, instance)),
-        Err(error) => Err(instantiate_error(error, deadline, stores.max_memory())),
+        Err(error) => Err(explain(error, deadline, &store, Failed::Making)),
     }
 }
 
 /// Runs one call on `store` for at most `left`, the part of the call's
-/// `deadline` (the figure errors report) not spent yet; `max_memory` is the
-/// cap errors report. A failed call's error is explained ([`classify`]).
+/// `deadline` (the figure errors report) not spent yet. A failed call's
+/// error is explained ([`explain`]).
 pub(crate) async fn run<R>(
     store: &mut Store<Sandbox>,
     left: Duration,
     deadline: Duration,
-    max_memory: usize,
     call: impl AsyncFnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>,
 ) -> Result<R, CallError> {
     begin_call(store, left);
     let result = until_deadline(left, call(store)).await;
-    let result = result.map_err(|e| classify(e, deadline, max_memory, store));
+    let result = result.map_err(|e| explain(e, deadline, store, Failed::Calling));
     end_call(store);
     result
 }
@@ -226,7 +220,7 @@ pub async fn call<R>(
     let (mut store, instance) = instantiate(stores, plugin, pre, deadline).await?;
     // Making the instance counts against the call's deadline.
     let left = deadline.saturating_sub(started.elapsed());
-    let result = run(&mut store, left, deadline, stores.max_memory(), async |store| f(store, &instance).await).await;
+    let result = run(&mut store, left, deadline, async |store| f(store, &instance).await).await;
     tracing::trace!(plugin, elapsed_us = started.elapsed().as_micros() as u64, "plugin call");
     result
 }
@@ -260,17 +254,6 @@ async fn until_deadline<R>(deadline: Duration, call: impl Future<Output = wasmti
     }
 }
 
-/// Explains why a new instance could not be made.
-fn instantiate_error(error: wasmtime::Error, deadline: Duration, max_memory: usize) -> CallError {
-    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return CallError::Deadline(deadline);
-    }
-    match error.downcast_ref::<MemoryCapExceeded>() {
-        Some(_) => CallError::MemoryCap { cap_mib: max_memory >> 20 },
-        None => CallError::Instantiate(format!("{error:#}")),
-    }
-}
-
 /// Drives `future` to completion from synchronous code (loading, the CLI,
 /// tests) on a private current-thread runtime, in a thread of its own so
 /// that it works whether or not the caller is inside a tokio runtime.
@@ -293,13 +276,25 @@ where
     })
 }
 
-/// Turns a failed call's error into what went wrong, for the operator.
-fn classify(error: wasmtime::Error, deadline: Duration, max_memory: usize, store: &Store<Sandbox>) -> CallError {
+/// What failed: making an instance, or a call on one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    Making,
+    Calling,
+}
+
+/// Turns a failed call's (or instantiation's) error into what went wrong,
+/// for the operator: its deadline, the store's memory cap, or else what
+/// the guest or wasmtime said.
+fn explain(error: wasmtime::Error, deadline: Duration, store: &Store<Sandbox>, failed: Failed) -> CallError {
     if error.downcast_ref::<MemoryCapExceeded>().is_some() {
-        return CallError::MemoryCap { cap_mib: max_memory >> 20 };
+        return CallError::MemoryCap { cap_mib: store.data().limits.max >> 20 };
     }
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return CallError::Deadline(deadline);
+    }
+    if failed == Failed::Making {
+        return CallError::Instantiate(format!("{error:#}"));
     }
     let trap = error.root_cause().to_string();
     // A Rust guest's panic message goes to stderr just before the trap: it

@@ -92,10 +92,9 @@ impl Snapshotter {
         let instrumented = Component::new(&self.engine, &instrumented).map_err(unsupported)?;
 
         let mut store = self.stores.store(plugin);
-        let max_memory = self.stores.max_memory();
         // The call's deadline covers instantiation too: a component's start
         // function is guest code.
-        let configured = sandbox::run(&mut store, deadline, deadline, max_memory, async |store| {
+        let configured = sandbox::run(&mut store, deadline, deadline, async |store| {
             self.call_configure(store, &instrumented, interface, settings).await
         })
         .await;
@@ -106,7 +105,7 @@ impl Snapshotter {
         };
         // Reading the state back is Wizer's work, not the plugin's: it gets
         // its own generous deadline.
-        let read_back = sandbox::run(&mut store, SNAPSHOT_DEADLINE, SNAPSHOT_DEADLINE, max_memory, async |store| {
+        let read_back = sandbox::run(&mut store, SNAPSHOT_DEADLINE, SNAPSHOT_DEADLINE, async |store| {
             let mut state = wasmtime_wizer::WasmtimeWizerComponent { store, instance };
             wizer.snapshot_component(&context, &mut state).await
         });
