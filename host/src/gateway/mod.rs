@@ -79,6 +79,12 @@ struct Tables {
     routes: RouteTable,
 }
 
+impl Tables {
+    fn of(registry: Arc<Registry>) -> Self {
+        Self { routes: RouteTable::new(&registry), registry }
+    }
+}
+
 /// A request once routed: what plugins see, the route plugin and its guards.
 struct Routed {
     head: RequestHead,
@@ -97,7 +103,7 @@ impl Gateway {
         tls: bool,
         body_gap: Duration,
     ) -> Self {
-        let tables = Tables { registry: state.registry(), routes: RouteTable::new(&state.registry()) };
+        let tables = Tables::of(state.registry());
         Self {
             state,
             upstreams,
@@ -172,7 +178,7 @@ impl Gateway {
         if Arc::ptr_eq(&cached.registry, &registry) {
             return cached;
         }
-        let fresh = Arc::new(Tables { routes: RouteTable::new(&registry), registry });
+        let fresh = Arc::new(Tables::of(registry));
         self.table.store(fresh.clone());
         fresh
     }
